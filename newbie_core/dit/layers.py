@@ -1,0 +1,165 @@
+"""Next-DiT building blocks. Attribute names mirror the official checkpoint keys exactly.
+
+Every weighted layer is created from an injected ``operations`` namespace (``torch.nn`` by
+default) so a host can substitute casting/offloading Linear layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NextDiTConfig
+from .rope import apply_rope, upcast
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as the official pure-PyTorch class computes it: normalise in float32, cast back, scale.
+
+    The weight is cast to the activation's device and dtype on use, so hosts that keep
+    weights in another dtype (fp8, offloaded) still work.
+    """
+
+    def __init__(self, dim: int, eps: float, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = upcast(x)
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return normed * self.weight.to(device=x.device, dtype=x.dtype)
+
+
+def timestep_frequencies(
+    t: torch.Tensor, size: int = 256, max_period: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Sinusoidal features [cos | sin] of ``t`` (official order, t unscaled; float32 unless float64 is asked)."""
+    half = size // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    args = t[:, None].to(dtype) * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden: int, operations=nn, device=None, dtype=None, frequency_size: int = 256):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            operations.Linear(frequency_size, hidden, bias=True, device=device, dtype=dtype),
+            nn.SiLU(),
+            operations.Linear(hidden, hidden, bias=True, device=device, dtype=dtype),
+        )
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return self.mlp(timestep_frequencies(t, self.frequency_size, dtype=math_dtype).to(dtype))
+
+
+class JointAttention(nn.Module):
+    """Fused-qkv grouped-query attention with per-head q/k RMSNorm and 3-axis RoPE."""
+
+    def __init__(self, cfg: NextDiTConfig, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.head_dim
+        qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+        self.qkv = operations.Linear(cfg.dim, qkv_out, bias=False, device=device, dtype=dtype)
+        self.out = operations.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, device=device, dtype=dtype)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+
+    def forward(self, x, key_mask, cos, sin, attention: AttentionFn) -> torch.Tensor:
+        b, s, _ = x.shape
+        q_width = self.n_heads * self.head_dim
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
+        q = self.q_norm(q.view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(b, s, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        return self.out(attention(q, k, v, key_mask))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``."""
+
+    def __init__(self, dim: int, hidden: int, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.w1 = operations.Linear(dim, hidden, bias=False, device=device, dtype=dtype)
+        self.w2 = operations.Linear(hidden, dim, bias=False, device=device, dtype=dtype)
+        self.w3 = operations.Linear(dim, hidden, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class JointTransformerBlock(nn.Module):
+    """Sandwich-normed block; with ``modulation`` it takes tanh-gated adaLN scales from ``c`` (no shift)."""
+
+    def __init__(self, cfg: NextDiTConfig, modulation: bool, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.attention = JointAttention(cfg, operations, device, dtype)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, operations, device, dtype)
+        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.modulation = modulation
+        if modulation:
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(),
+                operations.Linear(cfg.adaln_dim, 4 * cfg.dim, bias=True, device=device, dtype=dtype),
+            )
+
+    def forward(self, x, key_mask, cos, sin, c, attention: AttentionFn) -> torch.Tensor:
+        if self.modulation:
+            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=-1)
+            h = self.attention(self.attention_norm1(x) * (1 + scale_msa), key_mask, cos, sin, attention)
+            x = x + gate_msa.tanh() * self.attention_norm2(h)
+            h = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
+            return x + gate_mlp.tanh() * self.ffn_norm2(h)
+        x = x + self.attention_norm2(self.attention(self.attention_norm1(x), key_mask, cos, sin, attention))
+        return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+
+
+class FinalLayer(nn.Module):
+    """Affine-free LayerNorm, adaLN scale (no shift, no gate), projection to patch features."""
+
+    def __init__(self, cfg: NextDiTConfig, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.linear = operations.Linear(cfg.dim, cfg.patch_features, bias=True, device=device, dtype=dtype)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(),
+            operations.Linear(cfg.adaln_dim, cfg.dim, bias=True, device=device, dtype=dtype),
+        )
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale = self.adaLN_modulation(c).unsqueeze(1)
+        x = F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale)
+        return self.linear(x)
+
+
+class CastingLinear(nn.Linear):
+    """Linear whose stored weight (e.g. fp8) is cast to the activation dtype on every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class casting_operations:
+    """An ``operations`` namespace for standalone use of low-precision stored weights."""
+
+    Linear = CastingLinear

@@ -1,0 +1,185 @@
+"""Lazy, validated reading of safetensors weight files (single files and sharded folders).
+
+Only safetensors is accepted: pickled formats (.ckpt/.pt/.pth/.bin) can run code when
+loaded, so they are refused with a message instead of being unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        _ST_DTYPES[_name] = getattr(torch, _attr)
+
+_DTYPE_ALIASES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+for _alias, _attr in (("fp8_e4m3fn", "float8_e4m3fn"), ("float8_e4m3fn", "float8_e4m3fn"),
+                      ("fp8_e5m2", "float8_e5m2"), ("float8_e5m2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        _DTYPE_ALIASES[_alias] = getattr(torch, _attr)
+
+FLOAT8_DTYPES = tuple(d for d in _DTYPE_ALIASES.values() if "float8" in str(d))
+
+
+def parse_dtype(value) -> torch.dtype | None:
+    """``None``/"default" -> None (keep the file's dtype); a torch dtype or a known name -> that dtype."""
+    if value is None or (isinstance(value, str) and value.lower() in ("default", "auto", "")):
+        return None
+    if isinstance(value, torch.dtype):
+        if value in _DTYPE_ALIASES.values():
+            return value
+        raise ConfigError(f"unsupported weight dtype {value}; choose one of: {', '.join(dtype_names())}")
+    if isinstance(value, str) and value.lower() in _DTYPE_ALIASES:
+        return _DTYPE_ALIASES[value.lower()]
+    raise ConfigError(f"unknown dtype {value!r}; choose one of: default, {', '.join(dtype_names())}")
+
+
+def dtype_names() -> list[str]:
+    return ["bf16", "fp16", "fp32"] + [n for n in ("fp8_e4m3fn", "fp8_e5m2") if n in _DTYPE_ALIASES]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+
+
+@dataclass
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Detects truncated downloads (data ending before the last tensor) and files that are
+    not safetensors at all, naming the file and the first affected key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: pickled checkpoints ({path.suffix}) are not loaded because unpickling can run code; "
+            "use the .safetensors release of this model"
+        )
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > MAX_HEADER_BYTES or n + 8 > size:
+            raise CheckpointError(
+                f"{path}: not a safetensors file or truncated (header claims {n} bytes, file has {size})"
+            )
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    for key, entry in header.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for key {key!r}") from None
+        if end > data_size:
+            raise CheckpointError(
+                f"{path}: file is truncated: tensor {key!r} needs bytes up to {end} of the data section "
+                f"but only {data_size} are present (re-download the file)"
+            )
+        if start > end:
+            raise CheckpointError(f"{path}: corrupt offsets for key {key!r}")
+        tensors[key] = TensorInfo(dtype, shape, path)
+    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()})
+
+
+class TensorReader:
+    """Reads tensors one at a time from one or more validated safetensors files (memory-mapped)."""
+
+    def __init__(self, headers: list[SafetensorsHeader]):
+        self.headers = headers
+        self.tensors: dict[str, TensorInfo] = {}
+        for h in headers:
+            for key, info in h.tensors.items():
+                if key in self.tensors:
+                    raise CheckpointError(f"{h.path}: key {key!r} also appears in {self.tensors[key].file}")
+                self.tensors[key] = info
+        self._handles: dict[Path, object] = {}
+
+    @classmethod
+    def open(cls, paths) -> "TensorReader":
+        return cls([read_header(p) for p in paths])
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for h in self.headers:
+            merged.update(h.metadata)
+        return merged
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.tensors[key].shape
+
+    def get(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        info = self.tensors[key]
+        handle = self._handles.get(info.file)
+        if handle is None:
+            try:
+                handle = safe_open(str(info.file), framework="pt", device="cpu")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CheckpointError(f"{info.file}: cannot open as safetensors ({exc})") from None
+            self._handles[info.file] = handle
+        try:
+            return handle.get_tensor(key)
+        except Exception as exc:
+            raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({exc})") from None
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def sharded_files(index_path: Path) -> list[Path]:
+    """Shard files listed by a ``*.safetensors.index.json`` (HF layout), checked to exist."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_path}: not a valid safetensors index ({exc})") from None
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        shard = index_path.parent / name
+        if not shard.is_file():
+            raise CheckpointError(f"{index_path}: shard {name!r} listed in the index is missing")
+        files.append(shard)
+    return files

@@ -1,0 +1,16 @@
+"""ComfyUI glue: node classes and the extension that registers them. No model maths here."""
+
+from __future__ import annotations
+
+from ._api import ComfyExtension, io
+
+
+def all_nodes() -> list[type[io.ComfyNode]]:
+    from . import loaders
+
+    return [*loaders.NODES]
+
+
+class NewBieExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return all_nodes()

@@ -1,0 +1,200 @@
+"""The only module that ties ``newbie_core``'s Next-DiT to ComfyUI's model classes.
+
+The network is our own; everything around it (BaseModel, flow sampling, ModelPatcher, ops,
+attention backends, wrappers) is ComfyUI's, so stock samplers, LoRA loaders and model
+patches work unchanged. The model class derives from core's ``Lumina2`` so core's LoRA key
+maps (diffusers/lycoris names) apply to it too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.supported_models
+import comfy.utils
+import torch
+import torch.nn.functional as F
+
+from ..newbie_core.conventions import comfy_output_from_velocity, t_from_sigma
+from ..newbie_core.dit import NextDiT, NextDiTConfig
+from ..newbie_core.dit.attention import expand_kv_heads
+from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
+
+log = logging.getLogger("newbie")
+
+try:  # DIFFUSION_MODEL wrappers (EasyCache and friends)
+    import comfy.patcher_extension as _patcher_extension
+except ImportError:  # pragma: no cover
+    _patcher_extension = None
+
+try:  # ComfyUI's attention dispatcher (sage/flash/xformers/pytorch per the user's flags)
+    from comfy.ldm.modules.attention import optimized_attention_masked as _comfy_attention
+except ImportError:  # pragma: no cover - every supported core has it
+    _comfy_attention = None
+_ATTENTION_TAKES_OPTIONS = _comfy_attention is not None and (
+    "transformer_options" in inspect.signature(_comfy_attention).parameters
+    or any(p.kind is p.VAR_KEYWORD for p in inspect.signature(_comfy_attention).parameters.values())
+)
+
+WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+
+
+def _comfy_attention_fn(transformer_options):
+    """Our attention contract on top of ComfyUI's dispatcher (kv heads expanded, additive key mask)."""
+    extra = {"transformer_options": transformer_options} if _ATTENTION_TAKES_OPTIONS else {}
+
+    def attend(q, k, v, key_mask):
+        heads = q.shape[1]
+        k = expand_kv_heads(k, heads)
+        v = expand_kv_heads(v, heads)
+        mask = None
+        if key_mask is not None:
+            mask = torch.zeros(key_mask.shape[0], 1, 1, key_mask.shape[1], dtype=q.dtype, device=q.device)
+            mask.masked_fill_(~key_mask[:, None, None, :], torch.finfo(q.dtype).min)
+        return _comfy_attention(q, k, v, heads, mask, skip_reshape=True, **extra)
+
+    return attend
+
+
+class ComfyNextDiT(NextDiT):
+    """Next-DiT with ComfyUI's forward contract: sigma in, ``-velocity`` out, odd latents padded."""
+
+    def __init__(self, image_model=None, dtype=None, device=None, operations=None, **config):
+        super().__init__(NextDiTConfig.from_dict(config), operations=operations or torch.nn, device=device, dtype=dtype)
+        self.dtype = dtype
+        self.in_channels = self.config.in_channels
+        self.patch_size = self.config.patch_size
+
+    def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={}, **kwargs):  # noqa: B006
+        args = (x, timesteps, context, num_tokens, attention_mask, transformer_options)
+        if _patcher_extension is None:  # cores without the wrapper system
+            return self._comfy_forward(*args, **kwargs)
+        wrappers = _patcher_extension.get_all_wrappers(_patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+        executor = _patcher_extension.WrapperExecutor.new_class_executor(self._comfy_forward, self, wrappers)
+        return executor.execute(*args, **kwargs)
+
+    def _comfy_forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={}, clip_text_pooled=None, **kwargs):  # noqa: B006
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        pad_h, pad_w = (-h) % p, (-w) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
+        attention = _comfy_attention_fn(transformer_options) if _comfy_attention is not None else None
+        velocity = NextDiT.forward(
+            self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention
+        )
+        return comfy_output_from_velocity(velocity)[..., :h, :w]
+
+
+class CaptionCond(comfy.conds.CONDRegular):
+    """Caption states/masks that batch across prompts of different lengths by zero right-padding.
+
+    Padding is exact for this model (padded keys are masked), so cond and uncond of different
+    lengths run as one batch instead of two forwards.
+    """
+
+    def can_concat(self, other):
+        a, b = self.cond, other.cond
+        return a.ndim == b.ndim and a.shape[2:] == b.shape[2:] and a.device == b.device
+
+    def concat(self, others):
+        conds = [self.cond] + [o.cond for o in others]
+        longest = max(c.shape[1] for c in conds)
+        padded = []
+        for c in conds:
+            if c.shape[1] < longest:
+                pad = c.new_zeros(c.shape[0], longest - c.shape[1], *c.shape[2:])
+                c = torch.cat([c, pad], dim=1)
+            padded.append(c)
+        return torch.cat(padded)
+
+
+class NewBieModel(comfy.model_base.Lumina2):
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device, unet_model=ComfyNextDiT)
+        self.memory_usage_factor_conds = ()
+
+    def extra_conds(self, **kwargs):
+        """Core NewBie/Lumina2 CONDITIONING keys -> model kwargs (mask always sent so prompts batch)."""
+        out = {}
+        cross_attn = kwargs.get("cross_attn", None)
+        if cross_attn is not None:
+            mask = kwargs.get("attention_mask", None)
+            if mask is None or mask.shape[-1] != cross_attn.shape[1]:
+                mask = torch.ones(cross_attn.shape[:2], dtype=torch.long)
+            mask = mask.reshape(-1, cross_attn.shape[1]).to(torch.long)
+            out["c_crossattn"] = CaptionCond(cross_attn)
+            out["attention_mask"] = CaptionCond(mask)
+        pooled = kwargs.get("pooled_output", None)
+        if pooled is not None and getattr(self.diffusion_model.config, "clip_text_dim", None):
+            out["clip_text_pooled"] = comfy.conds.CONDRegular(pooled)
+        return out
+
+
+class NewBieModelConfig(comfy.supported_models.Lumina2):
+    """Model config: flow matching with shift 6 and the Flux latent format, as core's Lumina2."""
+
+    unet_config = {"image_model": "newbie_native"}
+    unet_extra_config = {}
+    sampling_settings = {"multiplier": 1.0, "shift": 6.0}
+    latent_format = comfy.latent_formats.Flux
+    memory_usage_factor = 1.4
+    supported_inference_dtypes = [torch.bfloat16, torch.float32]
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return NewBieModel(self, device=device)
+
+
+def _torch_dtype(weight_dtype: str):
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if weight_dtype in names:
+        return names[weight_dtype]
+    if weight_dtype.startswith("fp8_e4m3fn"):
+        return torch.float8_e4m3fn
+    if weight_dtype == "fp8_e5m2":
+        return torch.float8_e5m2
+    if weight_dtype == "default":
+        return None
+    raise ValueError(f"unknown weight_dtype {weight_dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
+
+
+def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
+    """Checkpoint path -> ComfyUI ModelPatcher around :class:`NewBieModel` (ComfyUI's loading recipe)."""
+    dtype = _torch_dtype(weight_dtype)
+    _, prefix, config = open_transformer_checkpoint(path)  # validates keys/shapes, names bad files
+    files, _ = transformer_files(path)
+    sd = {}
+    for f in files:
+        part = comfy.utils.load_torch_file(str(f), safe_load=True)
+        sd.update({k[len(prefix):]: v for k, v in part.items() if k.startswith(prefix)})
+
+    model_config = NewBieModelConfig({**NewBieModelConfig.unet_config, **config.to_dict()})
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    if dtype is None:
+        dtype = mm.unet_dtype(
+            model_params=comfy.utils.calculate_parameters(sd),
+            supported_dtypes=supported,
+            weight_dtype=comfy.utils.weight_dtype(sd),
+        )
+    manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    if weight_dtype == "fp8_e4m3fn_fast":
+        model_config.optimizations["fp8"] = True
+
+    model = model_config.get_model(sd, "")
+    patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_cls(model, load_device=load_device, offload_device=offload_device)
+    if not mm.is_device_cpu(offload_device):
+        model.to(offload_device)
+    dynamic = patcher.is_dynamic() if hasattr(patcher, "is_dynamic") else False
+    model.load_model_weights(sd, "", assign=dynamic)
+    log.info("NewBie Next-DiT loaded: %s (%d layers, weights %s)", path, config.n_layers, dtype)
+    return patcher
