@@ -1,0 +1,258 @@
+"""Text conditioning: Gemma layer and mask, Jina pooled vector, the training split, limits, files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from text_helpers import gemma_spm, jina_spm, save_gemma_comfy, save_jina_comfy, tiny_gemma, tiny_jina
+
+from newbie_core.errors import CheckpointError
+from newbie_core.text import SYSTEM_PROMPTS, load_gemma, load_jina, load_text_encoders
+from newbie_core.text.conditioning import system_prompt_for
+from newbie_core.text.tokenizers import SentencePieceTokenizer
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return {"gemma": gemma_spm(), "jina": jina_spm()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, blobs):
+    root = tmp_path_factory.mktemp("te")
+    gemma_ref = tiny_gemma(vocab=360, seed=1)
+    jina_ref = tiny_jina(vocab=360, seed=2)
+    return {
+        "gemma": save_gemma_comfy(gemma_ref, root / "gemma_tiny.safetensors", blobs["gemma"]),
+        "jina": save_jina_comfy(jina_ref, root / "jina_tiny.safetensors", blobs["jina"]),
+        "gemma_ref": gemma_ref,
+        "jina_ref": jina_ref,
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def encoders(files):
+    return load_text_encoders(files["gemma"], files["jina"], dtype="fp32")
+
+
+# ------------------------------------------------------------------------------ Gemma
+
+
+def test_gemma_returns_second_to_last_hidden_state_unnormalised(files, encoders, blobs):
+    tok = SentencePieceTokenizer(blobs["gemma"], add_bos=True, add_eos=False)
+    texts = ["1girl, solo, smile", "a quiet street at night, rain, neon lights, reflections, 1girl"]
+    out = encoders.encode(texts, system_prompt="none")
+    assert out.hidden.shape[0] == 2 and out.hidden.shape[2] == 64
+    assert out.hidden.shape[1] % 8 == 0  # padded to a multiple of 8 as in training
+    for i, text in enumerate(texts):
+        ids = tok.encode(text)
+        assert ids[0] == 2  # BOS, no EOS
+        assert out.mask[i].tolist() == [1] * len(ids) + [0] * (out.mask.shape[1] - len(ids))
+        with torch.no_grad():
+            ref = files["gemma_ref"](torch.tensor([ids]), output_hidden_states=True).hidden_states[-2][0]
+        assert torch.allclose(out.hidden[i, : len(ids)], ref, atol=1e-5)
+
+
+def test_gemma_loads_one_layer_less_and_no_final_norm(encoders):
+    assert encoders.gemma.config.num_hidden_layers == 3
+    assert isinstance(encoders.gemma.model.norm, torch.nn.Identity)
+
+
+def test_gemma_truncates_at_512_tokens_with_warning(encoders):
+    prompt = " ".join(f"tag{i}" for i in range(200))
+    n = len(encoders.gemma_tokenizer.encode(prompt))
+    assert n > 512
+    with pytest.warns(UserWarning, match=rf"Gemma prompt 1 is {n} tokens; training used at most 512, so the last {n - 512} tokens were dropped"):
+        out = encoders.encode(prompt, system_prompt="none")
+    assert int(out.mask[0].sum()) == 512
+    assert out.dropped_tokens == [n - 512]
+
+
+def test_hf_folder_layout_with_config_and_tokenizer_file(files, blobs, tmp_path):
+    folder = tmp_path / "gemma-3-4b-it"
+    folder.mkdir()
+    sd = {"language_model.model." + k: v.contiguous() for k, v in files["gemma_ref"].state_dict().items()}
+    sd["vision_tower.vision_model.embeddings.patch_embedding.weight"] = torch.zeros(2, 3, 1, 1)
+    save_file(sd, str(folder / "model-00001-of-00001.safetensors"))
+    cfg = files["gemma_ref"].config.to_dict()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": cfg}))
+    (folder / "tokenizer.model").write_bytes(blobs["gemma"])
+    gemma, tok = load_gemma(folder)
+    ids = torch.tensor([tok.encode("1girl, smile")])
+    with torch.no_grad():
+        ref = files["gemma_ref"](ids, output_hidden_states=True).hidden_states[-2]
+        assert torch.allclose(gemma(ids, torch.ones_like(ids)), ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ Jina
+
+
+def naive_jina_pooled(sd, ids, heads, eps=1e-5, base=20000.0):
+    """Float64, one token loop at a time where it matters; written from the architecture notes."""
+    sd = {k: v.double() for k, v in sd.items()}
+
+    def ln(x, name):
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + eps) * sd[name + ".weight"] + sd[name + ".bias"]
+
+    def lin(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    x = sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.token_type_embeddings.weight"][0]
+    x = ln(x, "emb_ln")
+    s, hidden = x.shape
+    hd = hidden // heads
+    n_layers = len({k.split(".")[2] for k in sd if k.startswith("encoder.layers.")})
+    for i in range(n_layers):
+        p = f"encoder.layers.{i}"
+        qkv = lin(x, p + ".mixer.Wqkv").view(s, 3, heads, hd)
+        outs = []
+        for h in range(heads):
+            q, k, v = qkv[:, 0, h], qkv[:, 1, h], qkv[:, 2, h]
+            rot = []
+            for name, t in (("q", q), ("k", k)):
+                r = torch.empty_like(t)
+                for pos in range(s):
+                    for j in range(hd // 2):
+                        ang = pos / base ** (2 * j / hd)
+                        a, b = t[pos, j], t[pos, j + hd // 2]
+                        r[pos, j] = a * math.cos(ang) - b * math.sin(ang)
+                        r[pos, j + hd // 2] = b * math.cos(ang) + a * math.sin(ang)
+                rot.append(r)
+            scores = rot[0] @ rot[1].T / math.sqrt(hd)
+            outs.append(torch.softmax(scores, -1) @ v)
+        attn = lin(torch.cat(outs, -1), p + ".mixer.out_proj")
+        x = ln(attn + x, p + ".norm1")
+        h1 = lin(x, p + ".mlp.fc1")
+        h1 = 0.5 * h1 * (1 + torch.erf(h1 / math.sqrt(2)))
+        x = ln(lin(h1, p + ".mlp.fc2") + x, p + ".norm2")
+    return x.mean(0)
+
+
+def test_jina_pooled_equals_naive_reference(files, encoders, blobs):
+    tok = SentencePieceTokenizer(blobs["jina"], add_bos=True, add_eos=True, pad_id=1)
+    prompts = ["1girl, solo, smile", "<character_1><n>rem</n></character_1> rain"]
+    out = encoders.encode(prompts, system_prompt="xml")
+    sd = files["jina_ref"].state_dict()
+    for i, p in enumerate(prompts):
+        ids = tok.encode(p)
+        assert ids[0] == 0 and ids[-1] == 2
+        ref = naive_jina_pooled(sd, torch.tensor(ids), heads=2)
+        assert torch.allclose(out.pooled[i].double(), ref, atol=1e-5)
+
+
+def test_jina_lora_adapter_of_retrieval_query_is_merged(files, blobs, tmp_path):
+    folder = tmp_path / "jina-clip-v2"
+    folder.mkdir()
+    base = files["jina_ref"].state_dict()
+    gen = torch.Generator().manual_seed(5)
+    tasks, rank = 5, 2
+    sd, merged = {}, {}
+    for name, w in base.items():
+        key = "text_model.transformer." + name
+        if name.endswith("mixer.Wqkv.weight") or name == "embeddings.word_embeddings.weight":
+            stem = key.replace(".weight", ".parametrizations.weight")
+            sd[stem + ".original"] = w
+            if "embeddings" in name:
+                a, b = torch.randn(tasks, w.shape[0], rank, generator=gen), torch.randn(tasks, rank, w.shape[1], generator=gen)
+                delta = a[0] @ b[0]
+            else:
+                a, b = torch.randn(tasks, rank, w.shape[1], generator=gen), torch.randn(tasks, w.shape[0], rank, generator=gen)
+                delta = b[0] @ a[0]
+            sd[stem + ".0.lora_A"], sd[stem + ".0.lora_B"] = a * 0.1, b * 0.1
+            merged[name] = w + delta * 0.01 * (4.0 / rank)
+        else:
+            sd[key] = w
+            merged[name] = w
+    sd["vision_model.patch_embed.proj.weight"] = torch.zeros(1)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"text_config": {"hf_model_config_kwargs": {"lora_alpha": 4}}}))
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(300)}}
+    hf_tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf_tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok.save(str(folder / "tokenizer.json"))
+
+    model, tok, info = load_jina(folder)
+    assert info["lora"] == "merged retrieval.query adapter into 3 tensors (alpha 4.0)"
+    ids = tok.encode("w1 w2 w7 zzz")
+    assert ids == [0, 5, 6, 11, 3, 2]
+    ref = naive_jina_pooled(merged, torch.tensor(ids), heads=2)
+    got = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert torch.allclose(got[0].double(), ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the split
+
+
+def test_system_prompt_goes_to_gemma_only(encoders):
+    prompt = "<character_1><n>rem</n><gender>1girl</gender></character_1>"
+    out = encoders.encode(prompt)  # auto -> xml preset
+    manual = encoders.encode_ids(
+        [encoders.gemma_tokenizer.encode(SYSTEM_PROMPTS["xml"] + prompt)], [encoders.jina_tokenizer.encode(prompt)]
+    )
+    assert torch.equal(out.hidden, manual.hidden) and torch.equal(out.pooled, manual.pooled)
+    bare = encoders.encode(prompt, system_prompt="none")
+    assert torch.equal(bare.pooled, out.pooled)  # Jina never sees the system prompt
+    assert int(bare.mask.sum()) < int(out.mask.sum())
+
+
+def test_presets():
+    assert system_prompt_for("1girl, smile") == SYSTEM_PROMPTS["tags"]
+    assert system_prompt_for("<caption>x</caption>") == SYSTEM_PROMPTS["xml"]
+    assert system_prompt_for("", "negative") == ""  # empty prompts get no system prompt (as in training)
+    assert system_prompt_for("blurry", "negative").endswith("low-quality images based on textual prompts. <Prompt Start> ")
+    assert system_prompt_for("x", "custom", "Be nice.") == "Be nice. "
+    with pytest.raises(ValueError, match="unknown system prompt preset 'fancy'; choose one of: auto, xml, tags, negative, none, custom"):
+        system_prompt_for("x", "fancy")
+
+
+def test_batches_match_single_prompts_and_are_deterministic(encoders):
+    prompts = ["1girl, smile", "a quiet street at night, rain, neon lights"]
+    both = encoders.encode(prompts)
+    for i, p in enumerate(prompts):
+        one = encoders.encode(p)
+        n = int(one.mask.sum())
+        assert torch.allclose(both.hidden[i, :n], one.hidden[0, :n], atol=1e-5)
+        assert torch.allclose(both.pooled[i], one.pooled[0], atol=1e-5)
+    assert torch.equal(encoders.encode(prompts).hidden, both.hidden)
+
+
+# ------------------------------------------------------------------------------ bad files
+
+
+def test_swapped_files_are_named(files):
+    with pytest.raises(CheckpointError, match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it looks like the Jina CLIP file; the two inputs are swapped\)"):
+        load_text_encoders(files["jina"], files["gemma"])
+
+
+def test_truncated_text_encoder_file(files, tmp_path):
+    cut = tmp_path / "gemma_cut.safetensors"
+    data = files["gemma"].read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"^{cut}: file is truncated: tensor '"):
+        load_gemma(cut)
+
+
+def test_missing_key_is_named(files, tmp_path):
+    from safetensors.torch import load_file
+
+    sd = load_file(str(files["jina"]))
+    del sd["model.encoder.layers.1.mlp.fc2.bias"]
+    path = tmp_path / "jina_missing.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=rf"^{path}: missing Jina key 'model.encoder.layers.1.mlp.fc2.bias'$"):
+        load_jina(path)
+
+
+def test_missing_tokenizer_is_reported(files, tmp_path):
+    path = save_jina_comfy(files["jina_ref"], tmp_path / "jina_no_tok.safetensors", None)
+    with pytest.raises(CheckpointError, match="no Jina tokenizer found"):
+        load_jina(path)
