@@ -136,7 +136,7 @@ class TensorReader:
         self._handles: dict[Path, object] = {}
 
     @classmethod
-    def open(cls, paths) -> "TensorReader":
+    def open(cls, paths) -> TensorReader:
         return cls([read_header(p) for p in paths])
 
     @property

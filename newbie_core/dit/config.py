@@ -81,7 +81,7 @@ class NextDiTConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NextDiTConfig":
+    def from_dict(cls, data: dict) -> NextDiTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         for key in ("axes_dims", "axes_lens"):
@@ -89,7 +89,7 @@ class NextDiTConfig:
                 kwargs[key] = tuple(int(v) for v in kwargs[key])
         return cls(**kwargs)
 
-    def replace(self, **changes) -> "NextDiTConfig":
+    def replace(self, **changes) -> NextDiTConfig:
         return dataclasses.replace(self, **changes)
 
 

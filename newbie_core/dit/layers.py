@@ -7,7 +7,7 @@ default) so a host can substitute casting/offloading Linear layers.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -48,10 +48,10 @@ def _prefix(keys) -> str:
     raise CheckpointError("no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file")
 
 
-def gemma_files(path: Path) -> tuple[list[Path], Path | None]:
-    """Weight files and the folder holding tokenizer/config files (None for a lone file)."""
+def gemma_files(path: Path) -> tuple[list[Path], Path]:
+    """Weight files and the folder that may hold tokenizer/config files (the file's own folder for a file)."""
     if path.is_file():
-        return [path], None
+        return [path], path.parent
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such file or folder")
     indexes = sorted(path.glob("*.safetensors.index.json"))
@@ -79,11 +79,11 @@ class GemmaTextEncoder(nn.Module):
         return out.last_hidden_state
 
 
-def _text_config(shapes: dict, prefix: str, folder: Path | None, n_layers: int):
+def _text_config(shapes: dict, prefix: str, folder: Path, n_layers: int):
     from transformers import Gemma3TextConfig
 
     hints = dict(GEMMA3_4B_TEXT)
-    has_config = folder is not None and (folder / "config.json").is_file()
+    has_config = (folder / "config.json").is_file()
     if has_config:
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         hints.update(raw.get("text_config", raw))
@@ -165,14 +165,11 @@ def load_gemma(path, dtype: torch.dtype | None = None, device="cpu") -> tuple[Ge
     encoder.model.load_state_dict(state, strict=True, assign=True)
     _materialise_buffers(encoder.model, config, device)
 
-    tokenizer = None
     if "spiece_model" in reader.tensors:
         blob = reader.get("spiece_model").numpy().tobytes()
         tokenizer = SentencePieceTokenizer(blob, add_bos=True, add_eos=False, source=f"{where} (spiece_model)")
-    elif folder is not None:
+    else:
         tokenizer = tokenizer_from_folder(folder, True, False, ("<bos>", "<eos>", "<pad>"))
-    elif (path.parent / "tokenizer.model").is_file() or (path.parent / "tokenizer.json").is_file():
-        tokenizer = tokenizer_from_folder(path.parent, True, False, ("<bos>", "<eos>", "<pad>"))
     reader.close()
     if tokenizer is None:
         raise CheckpointError(

@@ -139,9 +139,9 @@ def _prefix(keys) -> str:
     raise CheckpointError("no 'embeddings.word_embeddings.weight' key: this is not a Jina CLIP v2 text file")
 
 
-def _lora_settings(folder: Path | None) -> tuple[list[str], float]:
+def _lora_settings(folder: Path) -> tuple[list[str], float]:
     tasks, alpha = list(DEFAULT_LORA_TASKS), 1.0
-    if folder is not None and (folder / "config.json").is_file():
+    if (folder / "config.json").is_file():
         raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         text_cfg = raw.get("text_config", {})
         kwargs = text_cfg.get("hf_model_config_kwargs", {}) if isinstance(text_cfg, dict) else {}
@@ -162,7 +162,7 @@ def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = 
         if not files:
             raise CheckpointError(f"{path}: folder holds no .safetensors weights")
     elif path.is_file():
-        folder, files = None, [path]
+        folder, files = path.parent, [path]
     else:
         raise CheckpointError(f"{path}: no such file or folder")
     where = files[0] if len(files) == 1 else path
@@ -223,7 +223,7 @@ def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = 
     if "spiece_model" in reader.tensors:
         blob = reader.get("spiece_model").numpy().tobytes()
         tokenizer = SentencePieceTokenizer(blob, add_bos=True, add_eos=True, pad_id=config.pad_token_id, source=f"{where} (spiece_model)")
-    elif folder is not None:
+    else:
         tokenizer = tokenizer_from_folder(folder, False, False, ("<s>", "</s>", "<pad>"))
         if tokenizer is not None:
             tokenizer.add_bos = tokenizer.add_eos = True

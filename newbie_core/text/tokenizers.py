@@ -85,11 +85,12 @@ class ByteTokenizer(Tokenizer):
 
 
 def tokenizer_from_folder(folder: Path, add_bos: bool, add_eos: bool, specials: tuple[str, str, str]):
-    """``tokenizer.model``/``sentencepiece.bpe.model`` or ``tokenizer.json`` beside HF weights, or None."""
+    """``tokenizer.json`` or ``tokenizer.model`` beside HF weights, or None."""
     for name in ("tokenizer.json",):
         if (folder / name).is_file():
             return JSONTokenizer(folder / name, add_bos, add_eos, *specials)
-    for name in ("tokenizer.model", "sentencepiece.bpe.model", "spiece.model"):
+    # (XLM-R's raw sentencepiece.bpe.model is not used: its ids lack the fairseq offset)
+    for name in ("tokenizer.model", "spiece.model"):
         if (folder / name).is_file():
             return SentencePieceTokenizer((folder / name).read_bytes(), add_bos, add_eos, source=str(folder / name))
     return None

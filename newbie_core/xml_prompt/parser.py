@@ -48,7 +48,7 @@ class Element:
     def text(self) -> str:
         return "".join(c.value for c in self.children if isinstance(c, Text))
 
-    def elements(self) -> list["Element"]:
+    def elements(self) -> list[Element]:
         return [c for c in self.children if isinstance(c, Element)]
 
 

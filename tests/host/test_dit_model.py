@@ -112,8 +112,8 @@ def test_stock_lora_loader_patches_our_weights(node_classes, tiny_ckpt, comfy):
 
 def test_matches_core_nextdit_on_identical_weights(node_classes, tiny_ckpt, comfy):
     """Core's NextDiT (Lumina2/NewBie) on our weights: same math up to its different q/k-norm eps."""
-    from comfy.ldm.lumina.model import NextDiT as CoreNextDiT
     import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT as CoreNextDiT
 
     cfg = tiny_ckpt.config
     core = CoreNextDiT(

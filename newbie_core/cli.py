@@ -1,0 +1,251 @@
+"""Command line: ``python -m newbie_core generate`` (one image) and ``python -m newbie_core create`` (interactive).
+
+Without ``--models-dir`` both run the embedded tiny smoke-test model, so they work on a fresh
+machine with no downloads; with it they load the real NewBie files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .errors import NewBieError
+from .xml_prompt import XMLPromptError, parse
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", help="ComfyUI models/ folder or the official HF folder; omit for the tiny smoke-test model")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, help="weight dtype for real models: bf16, fp16 or fp32 (default: bf16 on GPU)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negative", default="", help="negative prompt (default: empty, as the official demo)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, reproducible across devices)")
+    p.add_argument("--steps", type=int, default=None, help="integration steps (official demo: 17 with midpoint = 18 grid points)")
+    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
+    p.add_argument("--cfg-trunc", type=float, default=0.25, help="apply CFG only while t < this (t=0 is noise); 1 = always")
+    p.add_argument("--renorm", type=float, default=0.0, help="cap the guided velocity norm at this times the conditional one (0 = off)")
+    p.add_argument("--solver", choices=["euler", "midpoint"], default="midpoint")
+    p.add_argument("--shift", type=float, default=6.0, help="time shift of the schedule")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels, multiple of 16")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels, multiple of 16")
+    p.add_argument("--system-prompt", default="auto", choices=["auto", "xml", "tags", "negative", "none"],
+                   help="system prompt given to Gemma (training format); auto picks xml or tags")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate one image")
+    src = gen.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text: XML, tags or natural language")
+    src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8)")
+    gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
+    _add_model_args(gen)
+    _add_sampling_args(gen)
+    create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
+    create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
+    _add_model_args(create)
+    _add_sampling_args(create)
+    return parser
+
+
+DEMO_PROMPT = """<character_1>
+<n>$character_1$</n>
+<gender>1girl</gender>
+<appearance>long_hair, blue_eyes</appearance>
+<expression>smile</expression>
+</character_1>
+
+<general_tags>
+<count>1girl, solo</count>
+<style>anime_style</style>
+</general_tags>"""
+
+
+def _load_pipeline(args, out):
+    import torch
+
+    from .pipeline import NewBiePipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.models_dir:
+        print(f"loading NewBie models from {args.models_dir} ...", file=out)
+        return NewBiePipeline.from_models_dir(args.models_dir, device=device, dtype=args.dtype), False
+    print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
+    return NewBiePipeline.tiny(device=device), True
+
+
+def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
+    from .pipeline import GenerationSettings
+
+    size = 64 if tiny else 1024
+    return GenerationSettings(
+        prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=steps or args.steps or 17,
+        cfg=args.cfg, cfg_trunc=args.cfg_trunc, renorm=args.renorm, solver=args.solver, shift=args.shift,
+        width=args.width or size, height=args.height or size, system_prompt=args.system_prompt,
+    )
+
+
+class Progress:
+    """One updating line on the terminal (plain lines when not a TTY)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.start = time.perf_counter()
+
+    def __call__(self, i: int, n: int) -> None:
+        width = 24
+        filled = int(width * i / n)
+        line = f"sampling [{'#' * filled}{'.' * (width - filled)}] {i}/{n} {time.perf_counter() - self.start:.1f}s"
+        if getattr(self.out, "isatty", lambda: False)():
+            print("\r" + line, end="" if i < n else "\n", file=self.out, flush=True)
+        elif i == n:
+            print(line, file=self.out)
+
+
+def validate_prompt(prompt: str) -> list[str]:
+    """Raises XMLPromptError for malformed XML; returns warnings as text."""
+    return [str(w) for w in parse(prompt).warnings]
+
+
+def write_png(result, path: Path) -> Path:
+    """Write atomically (temp file + rename) and refuse to overwrite: nothing is ever half-written or lost."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from .pipeline import png_metadata
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    for key, value in png_metadata(result).items():
+        info.add_itxt(key, value)
+    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            result.images[0].save(fh, format="PNG", pnginfo=info)
+        os.link(tmp, path)  # fails if path exists: no overwrite, even in a race
+    finally:
+        os.unlink(tmp)
+    return path
+
+
+def cmd_generate(args, out, err) -> int:
+    if args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read prompt file {args.prompt_file}: {exc}", file=err)
+            return EXIT_BAD_INPUT
+    else:
+        prompt = args.prompt if args.prompt is not None else DEMO_PROMPT
+    try:
+        for w in validate_prompt(prompt):
+            print(f"warning: prompt {w}", file=err)
+    except XMLPromptError as exc:
+        print(f"error: prompt {exc}", file=err)
+        return EXIT_BAD_INPUT
+    output = Path(args.output) if args.output else Path("outputs") / f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{args.seed}.png"
+    if output.exists():
+        print(f"error: {output} already exists; choose another --output", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        pipe, tiny = _load_pipeline(args, out)
+        settings = _settings(args, prompt, tiny)
+        settings.validate()
+        result = pipe.generate(settings, progress=Progress(err))
+        write_png(result, output)
+    except (NewBieError, FileExistsError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    print(f"wrote {output}", file=out)
+    return 0
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _unique(folder: Path, stem: str) -> Path:
+    path = folder / f"{stem}.png"
+    n = 1
+    while path.exists():
+        path = folder / f"{stem}_{n}.png"
+        n += 1
+    return path
+
+
+def cmd_create(args, inp, out, err) -> int:
+    session = Path(args.output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    pipe = tiny = None
+
+    def ask(question: str) -> str | None:
+        print(question, end="", file=out, flush=True)
+        line = inp.readline()
+        return None if line == "" else line.rstrip("\n")
+
+    print("NewBie create: type a prompt (XML, tags or text), finish with an empty line; 'quit' to leave.", file=out)
+    while True:
+        lines = []
+        first = ask("prompt> ")
+        if first is None or first.strip().lower() in ("quit", "exit", "q"):
+            break
+        while first is not None and first != "":
+            lines.append(first)
+            first = ask("...> ")
+        prompt = "\n".join(lines)
+        if not prompt.strip():
+            continue
+        try:
+            for w in validate_prompt(prompt):
+                print(f"warning: {w}", file=out)
+        except XMLPromptError as exc:
+            print(f"XML error: {exc}. Please fix the prompt and enter it again.", file=out)
+            continue
+        name = ask("file name [image]: ")
+        if name is None:
+            break
+        stem = _SAFE_NAME.sub("_", name.strip()).strip("._") or "image"
+        steps_text = ask(f"steps [{args.steps or 17}]: ")
+        if steps_text is None:
+            break
+        try:
+            steps = int(steps_text) if steps_text.strip() else None
+            if steps is not None and not 1 <= steps <= 1000:
+                raise ValueError
+        except ValueError:
+            print(f"steps must be a whole number from 1 to 1000, not {steps_text!r}; prompt discarded", file=out)
+            continue
+        try:
+            if pipe is None:
+                pipe, tiny = _load_pipeline(args, out)
+            result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
+            path = write_png(result, _unique(session, stem))
+        except NewBieError as exc:
+            print(f"error: {exc}", file=out)
+            continue
+        print(f"wrote {path}", file=out)
+    print("bye", file=out)
+    return 0
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    inp, out, err = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args, out, err)
+        return cmd_create(args, inp, out, err)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written for the unfinished image", file=err)
+        return 130

@@ -1,0 +1,204 @@
+"""Text-to-image without ComfyUI: text encoders -> Next-DiT flow sampling -> FLUX VAE -> PIL images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import sampling
+from .errors import CheckpointError, ConfigError
+from .weights import TensorReader, parse_dtype
+
+log = logging.getLogger("newbie")
+
+
+@dataclass
+class GenerationSettings:
+    """Every knob of a generation; defaults are the official demo's (midpoint, 18 grid points, CFG 5, trunc 0.25)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 17
+    cfg: float = 5.0
+    cfg_trunc: float = 0.25
+    renorm: float = 0.0
+    solver: str = "midpoint"
+    shift: float = 6.0
+    seed: int = 0
+    batch_size: int = 1
+    system_prompt: str = "auto"
+    negative_system_prompt: str = "auto"
+
+    def validate(self) -> None:
+        if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
+            raise ConfigError(f"image size {self.width}x{self.height} is impossible: width and height must be positive multiples of 16")
+        if self.width * self.height > 4096 * 4096:
+            raise ConfigError(f"image size {self.width}x{self.height} is too large (at most 4096x4096 pixels)")
+        if self.steps < 1 or self.steps > 1000:
+            raise ConfigError(f"steps must be between 1 and 1000, got {self.steps}")
+        if self.solver not in sampling.SOLVERS:
+            raise ConfigError(f"unknown solver {self.solver!r}; choose one of: {', '.join(sampling.SOLVERS)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    images: list  # PIL images
+    latents: torch.Tensor
+    settings: GenerationSettings
+    model_label: str
+
+    def metadata(self) -> dict:
+        return {"model": self.model_label, **self.settings.to_dict()}
+
+
+class NewBiePipeline:
+    def __init__(self, transformer, text_encoders, vae, device="cpu", label: str = "NewBie-image-Exp0.1"):
+        self.transformer = transformer
+        self.text_encoders = text_encoders
+        self.vae = vae
+        self.device = torch.device(device)
+        self.label = label
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def tiny(cls, device="cpu") -> NewBiePipeline:
+        """The embedded smoke-test model (seeded random toy weights; see ``newbie_core.tiny``)."""
+        from . import tiny
+
+        pipe = cls(tiny.tiny_transformer(), tiny.tiny_text_encoders(), tiny.tiny_vae(), device=device, label=tiny.LABEL)
+        return pipe.to(device)
+
+    @classmethod
+    def from_models_dir(cls, models_dir, device="cpu", dtype=None) -> NewBiePipeline:
+        """Load real weights from a ComfyUI ``models/`` folder or the official HF layout."""
+        from .dit import load_transformer
+        from .text import load_text_encoders
+        from .vae import load_vae
+
+        found = find_model_files(models_dir)
+        dtype = parse_dtype(dtype) or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+        transformer = load_transformer(found["transformer"], dtype=dtype, device=device)
+        encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=device)
+        vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
+        return cls(transformer, encoders, vae, device=device)
+
+    def to(self, device) -> NewBiePipeline:
+        self.device = torch.device(device)
+        for m in (self.transformer, self.text_encoders.gemma, self.text_encoders.jina, self.vae):
+            m.to(self.device)
+        return self
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+        settings.validate()
+        b = settings.batch_size
+        enc = self.text_encoders
+        from .text.conditioning import gemma_text
+
+        gemma_rows, _ = enc.gemma_ids(
+            [gemma_text(settings.prompt, settings.system_prompt)] * b
+            + [gemma_text(settings.negative_prompt, settings.negative_system_prompt)] * b
+        )
+        jina_rows = enc.jina_ids([settings.prompt] * b + [settings.negative_prompt] * b)
+        conds = enc.encode_ids(gemma_rows, jina_rows)
+        caps = conds.hidden.to(self.device)
+        masks = conds.mask.to(self.device)
+        pooled = conds.pooled.to(self.device)
+        dit = self.transformer
+
+        def model(x, t, with_uncond):
+            if with_uncond:
+                out = dit(torch.cat([x, x]), torch.cat([t, t]), caps, masks, pooled).float()
+                return out[:b], out[b:]
+            n = int(masks[:b].sum(1).max())
+            return dit(x, t, caps[:b, :n], masks[:b, :n], pooled[:b]).float(), None
+
+        def velocity(x, t):
+            return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
+
+        noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
+        times = sampling.time_grid(settings.steps, settings.shift)
+        callback = None if progress is None else (lambda i, n, _x: progress(i, n))
+        latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+        pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label)
+
+    @staticmethod
+    def _decode_tile(latents: torch.Tensor) -> int | None:
+        """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend)."""
+        return None if latents.shape[-1] * latents.shape[-2] <= 256 * 256 else 128
+
+
+def to_pil(pixels: torch.Tensor) -> list:
+    from PIL import Image
+
+    arr = (pixels.permute(0, 2, 3, 1).cpu().float().numpy() * 255.0).round().clip(0, 255).astype("uint8")
+    return [Image.fromarray(a) for a in arr]
+
+
+# ------------------------------------------------------------------------------ model discovery
+
+
+def _classify(keys: set[str]) -> str | None:
+    if any(k.endswith("cap_embedder.1.weight") for k in keys):
+        return "transformer"
+    if any(k.endswith("embed_tokens.weight") for k in keys) and any("self_attn.q_norm" in k for k in keys):
+        return "gemma"
+    if any("mixer.Wqkv" in k for k in keys):
+        return "jina"
+    if any(k.endswith("decoder.conv_in.weight") for k in keys):
+        return "vae"
+    return None
+
+
+def find_model_files(models_dir) -> dict[str, Path]:
+    """Find the four weight sets under ``models_dir`` by reading safetensors headers (no tensor data)."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: models folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.safetensors")):
+        if len(path.relative_to(root).parts) > 4:
+            continue
+        try:
+            kind = _classify(set(TensorReader.open([path]).tensors))
+        except CheckpointError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if kind is None:
+            continue
+        # sharded HF folders (with an index json): point at the folder; single files: at the file
+        target = path.parent if any(path.parent.glob("*.safetensors.index.json")) else path
+        if kind == "transformer" and found.get(kind) and "newbie" in found[kind].name.lower():
+            continue
+        found.setdefault(kind, target)
+    missing = [k for k in ("transformer", "gemma", "jina", "vae") if k not in found]
+    if missing:
+        names = {"transformer": "NewBie diffusion model", "gemma": "Gemma3-4B-it text encoder",
+                 "jina": "Jina CLIP v2 text encoder", "vae": "FLUX VAE (ae.safetensors)"}
+        raise CheckpointError(f"{root}: could not find " + ", ".join(names[m] for m in missing))
+    return found
+
+
+def png_metadata(result: GenerationResult) -> dict[str, str]:
+    meta = result.metadata()
+    text = f"{meta['prompt']}\nNegative prompt: {meta['negative_prompt']}\n" + ", ".join(
+        f"{k}: {v}" for k, v in meta.items() if k not in ("prompt", "negative_prompt")
+    )
+    return {"parameters": text, "newbie": json.dumps(meta, ensure_ascii=False)}
