@@ -93,3 +93,60 @@ def initial_noise(batch: int, height: int, width: int, seed: int, channels: int 
         raise ConfigError(f"image size {width}x{height} is impossible: width and height must be positive multiples of 16")
     gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
     return torch.randn(batch, channels, height // 8, width // 8, generator=gen, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ the same maths in sigma space
+# Hosts such as ComfyUI drive samplers with sigma = 1 - t and a denoiser returning the data
+# estimate x0 = x + sigma * v. These helpers express the official sampler in those terms.
+
+
+def official_sigmas(steps: int, shift: float = 6.0) -> torch.Tensor:
+    """Decreasing sigmas 1 -> 0 equal to ``1 - time_grid`` (float32, ``steps + 1`` values)."""
+    return (1.0 - time_grid(steps, shift)).to(torch.float32)
+
+
+def cfg_active(sigma: float, cfg_trunc: float) -> bool:
+    """Official truncation: guidance only while t = 1 - sigma is below ``cfg_trunc``."""
+    return (1.0 - float(sigma)) < cfg_trunc
+
+
+def guided_denoised(x, cond_denoised, uncond_denoised, sigma, scale: float, renorm: float = 0.0):
+    """CFG on x0 predictions done in velocity space (official renorm semantics), returned as x0."""
+    sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    sigma = sigma.clamp_min(1e-6)
+    v_c = (cond_denoised - x) / sigma
+    v_u = (uncond_denoised - x) / sigma
+    return x + sigma * guided_velocity(v_c, v_u, scale, renorm)
+
+
+@torch.no_grad()
+def sample_flow_midpoint(denoise, x, sigmas, callback=None):
+    """Official midpoint solver on a sigma grid (midpoint in t is the midpoint in sigma).
+
+    ``denoise(x, sigma_batch) -> x0``; ``callback(i, x, denoised)`` after each step.
+    """
+    s_in = x.new_ones(x.shape[0])
+    for i in range(len(sigmas) - 1):
+        s0, s1 = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s0 * s_in)
+        slope = (x - denoised) / s0
+        s_mid = 0.5 * (s0 + s1)
+        x_mid = x + slope * (s_mid - s0)
+        slope_mid = (x_mid - denoise(x_mid, s_mid * s_in)) / s_mid
+        x = x + slope_mid * (s1 - s0)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_flow_euler(denoise, x, sigmas, callback=None):
+    """Official Euler solver on a sigma grid."""
+    s_in = x.new_ones(x.shape[0])
+    for i in range(len(sigmas) - 1):
+        s0, s1 = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s0 * s_in)
+        x = x + (x - denoised) / s0 * (s1 - s0)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x

@@ -6,9 +6,9 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import loaders
+    from . import encoders, latent_vae, loaders, prompt, sampling
 
-    return [*loaders.NODES]
+    return [*loaders.NODES, *encoders.NODES, *prompt.NODES, *sampling.NODES, *latent_vae.NODES]
 
 
 class NewBieExtension(ComfyExtension):

@@ -98,3 +98,26 @@ def test_bad_settings(call, message):
     with pytest.raises(ConfigError) as err:
         call()
     assert str(err.value) == message
+
+
+def test_sigma_space_solvers_equal_the_time_space_ones():
+    """x0 = x + sigma * v, so the sigma-space solvers must retrace the official trajectory."""
+    v = lambda x, t: torch.sin(3 * x) - t  # noqa: E731
+    denoise = lambda x, s: x + s[:, None, None, None] * v(x, 1 - s[:, None, None, None])  # noqa: E731
+    x0 = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    times = sampling.time_grid(7, 6.0)
+    sig = 1 - times
+    for name, fn in (("euler", sampling.sample_flow_euler), ("midpoint", sampling.sample_flow_midpoint)):
+        ref = sampling.integrate(lambda x, t: v(x, t), x0, times, name).double()
+        assert torch.allclose(fn(denoise, x0, sig), ref, atol=1e-5)
+    assert torch.allclose(sampling.official_sigmas(7), sig.float())
+
+
+def test_guided_denoised_matches_velocity_cfg():
+    x = torch.randn(2, 4)
+    sigma = torch.tensor([0.5, 0.8])
+    v_c, v_u = torch.randn(2, 4), torch.randn(2, 4)
+    d_c, d_u = x + sigma[:, None] * v_c, x + sigma[:, None] * v_u
+    got = sampling.guided_denoised(x, d_c, d_u, sigma, 3.0, renorm=1.0)
+    assert torch.allclose(got, x + sigma[:, None] * sampling.guided_velocity(v_c, v_u, 3.0, 1.0), atol=1e-5)
+    assert sampling.cfg_active(0.9, 0.25) and not sampling.cfg_active(0.7, 0.25)

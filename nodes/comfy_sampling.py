@@ -1,0 +1,86 @@
+"""Glue between newbie_core's official sampler maths and ComfyUI's sampling machinery."""
+
+from __future__ import annotations
+
+import comfy.patcher_extension as pe
+import comfy.samplers
+
+from ..newbie_core import sampling
+
+GUIDANCE_KEY = "newbie_official_cfg"
+NEWBIE_SAMPLERS = {"newbie_midpoint": sampling.sample_flow_midpoint, "newbie_euler": sampling.sample_flow_euler}
+OFFICIAL_SCHEDULER = "newbie_official"
+
+
+def with_official_guidance(model, cfg_trunc: float, renorm: float):
+    """Clone of ``model`` whose CFG follows the official rules: truncation at t = cfg_trunc, velocity renorm.
+
+    Past the truncation point the guider runs with cfg 1, so ComfyUI skips the negative branch.
+    """
+    m = model.clone()
+
+    def truncate_cfg(executor, x, timestep, model_options, seed):
+        guider = executor.class_obj
+        if sampling.cfg_active(float(timestep.flatten()[0]), cfg_trunc) or guider is None:
+            return executor(x, timestep, model_options, seed)
+        saved = guider.cfg
+        guider.cfg = 1.0
+        try:
+            return executor(x, timestep, model_options, seed)
+        finally:
+            guider.cfg = saved
+
+    pe.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, truncate_cfg, m.model_options, is_model_options=True)
+    if renorm > 0:
+        def renorm_cfg(args):
+            x = args["input"]
+            if args["cond_scale"] == 1.0 or args.get("uncond_denoised") is None:
+                return x - args["cond_denoised"]
+            guided = sampling.guided_denoised(x, args["cond_denoised"], args["uncond_denoised"], args["sigma"],
+                                              args["cond_scale"], renorm)
+            return x - guided
+
+        m.set_model_sampler_cfg_function(renorm_cfg)
+    return m
+
+
+def _ksampler_function(solver):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+
+        def denoise(xx, s):
+            return model(xx, s, **extra_args)
+
+        def step(i, xx, denoised):
+            if callback is not None:
+                callback({"x": xx, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+
+        return solver(denoise, x, sigmas, step)
+
+    return sample
+
+
+def sampler_for(name: str):
+    if name in NEWBIE_SAMPLERS:
+        return comfy.samplers.KSAMPLER(_ksampler_function(NEWBIE_SAMPLERS[name]))
+    return comfy.samplers.sampler_object(name)
+
+
+def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0):
+    """Official shifted grid (shift read from the model, so ModelSampling nodes apply) or a stock schedule."""
+    ms = model.get_model_object("model_sampling")
+    total = steps if denoise >= 1.0 else max(int(steps / max(denoise, 1e-4)), steps)
+    if scheduler == OFFICIAL_SCHEDULER:
+        shift = float(getattr(ms, "shift", 6.0))
+        sigmas = sampling.official_sigmas(total, shift)
+    else:
+        sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
+    return sigmas[-(steps + 1):]
+
+
+def sampler_names() -> list[str]:
+    return list(NEWBIE_SAMPLERS) + list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> list[str]:
+    return [OFFICIAL_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
