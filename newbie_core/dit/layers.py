@@ -16,6 +16,8 @@ from torch import nn
 from .config import NextDiTConfig
 from .rope import apply_rope, upcast
 
+_fused_rms_norm = getattr(F, "rms_norm", None)
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -33,8 +35,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = upcast(x)
-        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return normed * self.weight.to(device=x.device, dtype=x.dtype)
+        if _fused_rms_norm is not None:
+            normed = _fused_rms_norm(xf, (xf.shape[-1],), eps=self.eps)
+        else:  # torch < 2.4
+            normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight.to(device=x.device, dtype=x.dtype)
 
 
 def timestep_frequencies(
@@ -79,7 +84,7 @@ class JointAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
-    def forward(self, x, key_mask, cos, sin, attention: AttentionFn) -> torch.Tensor:
+    def forward(self, x, key_mask, freqs, attention: AttentionFn) -> torch.Tensor:
         b, s, _ = x.shape
         q_width = self.n_heads * self.head_dim
         kv_width = self.n_kv_heads * self.head_dim
@@ -87,8 +92,8 @@ class JointAttention(nn.Module):
         q = self.q_norm(q.view(b, s, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(k.view(b, s, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = v.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        q = apply_rope(q, freqs)
+        k = apply_rope(k, freqs)
         return self.out(attention(q, k, v, key_mask))
 
 
@@ -123,14 +128,14 @@ class JointTransformerBlock(nn.Module):
                 operations.Linear(cfg.adaln_dim, 4 * cfg.dim, bias=True, device=device, dtype=dtype),
             )
 
-    def forward(self, x, key_mask, cos, sin, c, attention: AttentionFn) -> torch.Tensor:
+    def forward(self, x, key_mask, freqs, c, attention: AttentionFn) -> torch.Tensor:
         if self.modulation:
             scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=-1)
-            h = self.attention(self.attention_norm1(x) * (1 + scale_msa), key_mask, cos, sin, attention)
+            h = self.attention(self.attention_norm1(x) * (1 + scale_msa), key_mask, freqs, attention)
             x = x + gate_msa.tanh() * self.attention_norm2(h)
             h = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
             return x + gate_mlp.tanh() * self.ffn_norm2(h)
-        x = x + self.attention_norm2(self.attention(self.attention_norm1(x), key_mask, cos, sin, attention))
+        x = x + self.attention_norm2(self.attention(self.attention_norm1(x), key_mask, freqs, attention))
         return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
 
 

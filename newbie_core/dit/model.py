@@ -12,7 +12,7 @@ from torch import nn
 from .attention import sdpa_attention
 from .config import NextDiTConfig
 from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
-from .rope import rope_cos_sin
+from .rope import rope_frequencies
 
 
 class NextDiT(nn.Module):
@@ -160,14 +160,14 @@ class NextDiT(nn.Module):
 
         cap = self.cap_embedder(cap_feats.to(dtype))
         rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        cap_cos, cap_sin = rope_cos_sin(cap_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        cap_freqs = rope_frequencies(cap_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
         for block in self.context_refiner:
-            cap = block(cap, cap_valid, cap_cos, cap_sin, None, attention)
+            cap = block(cap, cap_valid, cap_freqs, None, attention)
 
         img = self.x_embedder(self.patchify(x))
-        img_cos, img_sin = rope_cos_sin(img_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        img_freqs = rope_frequencies(img_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
         for block in self.noise_refiner:
-            img = block(img, None, img_cos, img_sin, c, attention)
+            img = block(img, None, img_freqs, c, attention)
 
         if padded:
             joint, joint_pos, key_mask, img_index = self._join_padded(cap, img, cap_pos, img_pos, cap_lens)
@@ -175,9 +175,9 @@ class NextDiT(nn.Module):
             joint = torch.cat([cap, img], dim=1)
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
-        cos, sin = rope_cos_sin(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        freqs = rope_frequencies(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
         for block in self.layers:
-            joint = block(joint, key_mask, cos, sin, c, attention)
+            joint = block(joint, key_mask, freqs, c, attention)
 
         if img_index is None:
             img_tokens = joint[:, n_cap:]

@@ -14,12 +14,13 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def rope_cos_sin(
+def rope_frequencies(
     positions: torch.Tensor, axes_dims: tuple[int, ...], theta: float, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for integer ``positions`` [B, S, n_axes] -> two tensors [B, S, head_dim // 2].
+) -> torch.Tensor:
+    """Unit complex rotations for integer ``positions`` [B, S, n_axes] -> [B, S, head_dim // 2].
 
-    ``dtype`` is float32 (as the official tables) unless the model runs in float64.
+    Angles are computed in float64, then rounded to ``dtype`` (float32, as the official tables,
+    unless the model runs in float64) before taking cos/sin.
     """
     pos = positions.to(torch.float64)
     angles = []
@@ -27,17 +28,13 @@ def rope_cos_sin(
         freqs = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos.device) / d))
         angles.append(pos[..., axis, None] * freqs)
     angle = torch.cat(angles, dim=-1).to(dtype)
-    return angle.cos(), angle.sin()
+    return torch.polar(torch.ones_like(angle), angle)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2m, 2m+1) of ``x`` [B, H, S, D] by per-token angles; math in float32 or better.
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (2m, 2m+1) of ``x`` [B, H, S, D] as complex numbers; math in float32 or better.
 
-    ``cos``/``sin`` are [B, S, D // 2] and are shared by every head.
+    ``freqs`` is [B, S, D // 2] complex and shared by every head.
     """
-    xf = upcast(x).unflatten(-1, (-1, 2))
-    real, imag = xf.unbind(-1)
-    c = cos[:, None]
-    s = sin[:, None]
-    out = torch.stack((real * c - imag * s, real * s + imag * c), dim=-1).flatten(-2)
-    return out.to(x.dtype)
+    xc = torch.view_as_complex(upcast(x).unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs[:, None]).flatten(-2).to(x.dtype)
