@@ -194,7 +194,9 @@ def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
     patcher = patcher_cls(model, load_device=load_device, offload_device=offload_device)
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
-    dynamic = patcher.is_dynamic() if hasattr(patcher, "is_dynamic") else False
-    model.load_model_weights(sd, "", assign=dynamic)
+    if hasattr(patcher, "is_dynamic"):  # dynamic-VRAM cores (2026) load by assignment
+        model.load_model_weights(sd, "", assign=patcher.is_dynamic())
+    else:
+        model.load_model_weights(sd, "")
     log.info("NewBie Next-DiT loaded: %s (%d layers, weights %s)", path, config.n_layers, dtype)
     return patcher

@@ -143,3 +143,30 @@ def test_module_entry_point_runs(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m.png").is_file()
+
+
+def test_models_dir_loads_real_format_files(tmp_path):
+    """ComfyUI models/ layout with files in the released formats (tiny sizes): found by their keys, then run."""
+    from model_files import write_tiny_models
+
+    from newbie_core.pipeline import find_model_files
+
+    models = tmp_path / "models"
+    write_tiny_models(models)
+    found = find_model_files(models)
+    assert {k: p.name for k, p in found.items()} == {
+        "transformer": "NewBie-tiny.safetensors", "gemma": "gemma_tiny.safetensors",
+        "jina": "jina_tiny.safetensors", "vae": "ae_tiny.safetensors"}
+    out = tmp_path / "real.png"
+    code, stdout, err = run(["generate", "--models-dir", str(models), "--prompt", "1girl, smile", "--steps", "2",
+                             "--width", "32", "--height", "32", "--output", str(out), "--device", "cpu"])
+    assert code == 0, err
+    assert Image.open(out).size == (32, 32)
+    assert json.loads(Image.open(out).info["newbie"])["model"] == "NewBie-image-Exp0.1"
+
+
+def test_models_dir_names_what_is_missing(tmp_path):
+    code, _, err = run(["generate", "--models-dir", str(tmp_path), "--output", str(tmp_path / "x.png")])
+    assert code == 2
+    assert err.strip() == (f"error: {tmp_path}: could not find NewBie diffusion model, Gemma3-4B-it text encoder, "
+                           "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors)")

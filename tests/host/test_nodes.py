@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_tiny_models
+from model_files import stock_vae_width, write_tiny_models
 
 from newbie_core.text import SYSTEM_PROMPTS
 from newbie_core.xml_prompt import parse
@@ -18,7 +18,7 @@ EXPECTED_IDS = {
 
 @pytest.fixture()
 def tiny(models_dir):
-    return write_tiny_models(models_dir)
+    return write_tiny_models(models_dir, vae_width=stock_vae_width())
 
 
 def test_node_ids_are_stable_and_every_input_has_a_tooltip(node_classes):
@@ -205,3 +205,34 @@ def test_empty_latent_rejects_impossible_size(node_classes):
     assert node.validate_inputs("custom", 1000, 1024, 1) == (
         "NewBie Empty Latent: 1000x1024 is impossible; width and height must be multiples of 16")
     assert node.execute("832x1216 (2:3)", 0, 0, 2).result[0]["samples"].shape == (2, 16, 152, 104)
+
+
+def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, monkeypatch):
+    """A CLIP built the way core's DualCLIPLoader (newbie) builds it: our node still splits the prompt."""
+    pytest.importorskip("comfy.text_encoders.newbie")
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.newbie as newbie
+    from text_helpers import gemma_spm, jina_spm
+
+    blobs = (gemma_spm(), jina_spm())
+    try:
+        te, tok = _core_newbie_te(tiny, blobs, monkeypatch)
+        te.gemma.transformer.load_state_dict({"model." + k: v for k, v in tiny["gemma"].state_dict().items()}, strict=False)
+        te.jina.transformer.load_state_dict({"model." + k: v for k, v in tiny["jina"].state_dict().items()}, strict=True)
+    except Exception as exc:
+        pytest.skip(f"core's NewBie encoder cannot be built with tiny configs here: {exc}")
+    te.dtypes = {torch.float32}
+    target = comfy.supported_models_base.ClipTarget(newbie.NewBieTokenizer, lambda **kw: te)
+    clip = comfy.sd.CLIP(target=target, tokenizer_data={"gemma_spiece_model": blobs[0], "jina_spiece_model": blobs[1]},
+                         model_options={"dtype": torch.float32, "load_device": torch.device("cpu"),
+                                        "offload_device": torch.device("cpu"), "initial_device": torch.device("cpu")})
+    prompt = "1girl, solo, smile"
+    (cond, extras), = node_classes["NewBieTextEncode"].execute(clip, prompt, "tags", "").result[0]
+    expected = {"gemma": tok.tokenize_with_weights(SYSTEM_PROMPTS["tags"] + prompt)["gemma"],
+                "jina": tok.tokenize_with_weights(prompt)["jina"]}
+    ref_cond, ref_pooled, _ = te.encode_token_weights(expected)
+    assert torch.allclose(cond, ref_cond, atol=1e-5) and torch.allclose(extras["pooled_output"], ref_pooled, atol=1e-5)
+    # escapes and parentheses reach the encoders literally (core's own parser would eat them)
+    (lit, _), = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
+    assert lit.shape[1] == len(tok.gemma.tokenizer("rem_\\(re:zero\\), (smile:1.2)")["input_ids"])

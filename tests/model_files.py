@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
+from dit_helpers import save_checkpoint, tiny_model
 from safetensors.torch import save_file
+from text_helpers import gemma_spm, jina_spm, save_gemma_comfy, save_jina_comfy, tiny_gemma, tiny_jina
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from dit_helpers import save_checkpoint, tiny_model  # noqa: E402
-from text_helpers import gemma_spm, jina_spm, save_gemma_comfy, save_jina_comfy, tiny_gemma, tiny_jina  # noqa: E402
-
-from newbie_core.vae import AutoEncoder, VAEConfig  # noqa: E402
-
-#: ComfyUI's stock VAE loader fixes ch_mult (1, 2, 4, 4) and 2 res blocks for 16-channel VAEs, but reads the
-#: decoder width from the file: a 32-wide decoder-only FLUX VAE is the smallest it accepts.
-TINY_FLUX_VAE = VAEConfig(ch=32, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
+from newbie_core.vae import AutoEncoder, VAEConfig
 
 
-def write_tiny_models(models: Path) -> dict:
+def stock_vae_width() -> int:
+    """Narrowest FLUX-layout decoder the host's stock VAE loader accepts.
+
+    ComfyUI fixes ch_mult (1, 2, 4, 4) and 2 res blocks for 16-channel VAEs; cores since early 2026 read the
+    decoder width from the file (32 works), older ones need the real width 128.
+    """
+    import comfy.sd
+
+    sd = {k: v for k, v in AutoEncoder(VAEConfig(ch=32)).state_dict().items() if k.startswith("decoder.")}
+    try:
+        comfy.sd.VAE(sd=sd)
+        return 32
+    except RuntimeError:
+        return 128
+
+
+def write_tiny_models(models: Path, vae_width: int = 32) -> dict:
     """DiT (cap 64 / pooled 128 to match the tiny encoders), Gemma, Jina, FLUX-shaped VAE and a LoRA."""
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     for key in ("text_encoders", "vae", "loras"):
@@ -33,14 +39,14 @@ def write_tiny_models(models: Path) -> dict:
     save_gemma_comfy(gemma, models / "text_encoders" / "gemma_tiny.safetensors", gemma_spm())
     jina = tiny_jina(vocab=360, seed=43)
     save_jina_comfy(jina, models / "text_encoders" / "jina_tiny.safetensors", jina_spm())
-    vae = AutoEncoder(TINY_FLUX_VAE)
+    vae = AutoEncoder(VAEConfig(ch=vae_width, ch_mult=(1, 2, 4, 4), num_res_blocks=2))
     gen = torch.Generator().manual_seed(44)
     sd = {}
     for k, v in vae.state_dict().items():
         if k.startswith("decoder."):
             fan = v[0].numel() if v.ndim > 1 else 1
-            sd[k] = (1 + 0.05 * torch.randn(v.shape, generator=gen)) if "norm" in k and k.endswith("weight") else (
-                torch.randn(v.shape, generator=gen) / fan**0.5)
+            sd[k] = ((1 + 0.05 * torch.randn(v.shape, generator=gen)) if "norm" in k and k.endswith("weight") else (
+                torch.randn(v.shape, generator=gen) / fan**0.5)).to(torch.bfloat16 if vae_width > 32 else torch.float32)
     save_file(sd, str(models / "vae" / "ae_tiny.safetensors"))
     w = dit.layers[0].attention.qkv.weight
     lora = {"diffusion_model.layers.0.attention.qkv.lora_up.weight": torch.randn(w.shape[0], 2, generator=gen) * 0.1,
