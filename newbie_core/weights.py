@@ -183,3 +183,21 @@ def sharded_files(index_path: Path) -> list[Path]:
             raise CheckpointError(f"{index_path}: shard {name!r} listed in the index is missing")
         files.append(shard)
     return files
+
+
+def weight_files(path: Path) -> tuple[list[Path], Path]:
+    """A single safetensors file, or a folder's (sharded with an index json, or plain) safetensors files.
+
+    Returns the files and the folder that may hold tokenizer/config files beside them.
+    """
+    if path.is_file():
+        return [path], path.parent
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such file or folder")
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if indexes:
+        return sharded_files(indexes[0]), path
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: folder holds no .safetensors weights")
+    return files, path

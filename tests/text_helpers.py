@@ -64,12 +64,16 @@ def tiny_gemma(vocab: int, seed: int = 0, layers: int = 4):
     return model
 
 
-def save_gemma_comfy(model, path, spm_blob: bytes | None):
+def save_comfy_text_encoder(model, path, spm_blob: bytes | None):
+    """ComfyUI's repackaged layout: keys under ``model.``, the sentencepiece model under ``spiece_model``."""
     sd = {"model." + k: v.contiguous() for k, v in model.state_dict().items()}
     if spm_blob is not None:
         sd["spiece_model"] = torch.frombuffer(bytearray(spm_blob), dtype=torch.uint8)
     save_file(sd, str(path))
     return path
+
+
+save_gemma_comfy = save_jina_comfy = save_comfy_text_encoder
 
 
 def tiny_jina(vocab: int, seed: int = 0) -> JinaTextModel:
@@ -81,11 +85,3 @@ def tiny_jina(vocab: int, seed: int = 0) -> JinaTextModel:
             base = 1.0 if name.endswith("weight") and ("norm" in name or "emb_ln" in name) else 0.0
             p.copy_(base + scale * torch.randn(p.shape, generator=gen))
     return model.eval().requires_grad_(False)
-
-
-def save_jina_comfy(model, path, spm_blob: bytes | None):
-    sd = {"model." + k: v.contiguous() for k, v in model.state_dict().items()}
-    if spm_blob is not None:
-        sd["spiece_model"] = torch.frombuffer(bytearray(spm_blob), dtype=torch.uint8)
-    save_file(sd, str(path))
-    return path

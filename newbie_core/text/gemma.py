@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights import TensorReader, sharded_files
+from ..weights import TensorReader, weight_files
 from .tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_from_folder
 
 #: Text config of google/gemma-3-4b-it (legacy key names; transformers converts them).
@@ -46,21 +46,6 @@ def _prefix(keys) -> str:
         if p + "embed_tokens.weight" in keys:
             return p
     raise CheckpointError("no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file")
-
-
-def gemma_files(path: Path) -> tuple[list[Path], Path]:
-    """Weight files and the folder that may hold tokenizer/config files (the file's own folder for a file)."""
-    if path.is_file():
-        return [path], path.parent
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such file or folder")
-    indexes = sorted(path.glob("*.safetensors.index.json"))
-    if indexes:
-        return sharded_files(indexes[0]), path
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: folder holds no .safetensors weights")
-    return files, path
 
 
 class GemmaTextEncoder(nn.Module):
@@ -128,7 +113,7 @@ def _materialise_buffers(module: nn.Module, config, device) -> None:
 def load_gemma(path, dtype: torch.dtype | None = None, device="cpu") -> tuple[GemmaTextEncoder, Tokenizer]:
     """Gemma3 text encoder + tokenizer from a ComfyUI single file or an official HF folder."""
     path = Path(path)
-    files, folder = gemma_files(path)
+    files, folder = weight_files(path)
     reader = TensorReader.open(files)
     where = files[0] if len(files) == 1 else folder
     try:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights import TensorReader, sharded_files
+from ..weights import TensorReader, weight_files
 from .tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_from_folder
 
 DEFAULT_LORA_TASKS = ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching"]
@@ -155,16 +155,7 @@ def _lora_settings(folder: Path) -> tuple[list[str], float]:
 def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = DEFAULT_TASK) -> tuple[JinaTextModel, Tokenizer, dict]:
     """Jina text tower + tokenizer. Returns ``(model, tokenizer, info)``; ``info['lora']`` says what was merged."""
     path = Path(path)
-    if path.is_dir():
-        folder = path
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        files = sharded_files(indexes[0]) if indexes else sorted(path.glob("*.safetensors"))
-        if not files:
-            raise CheckpointError(f"{path}: folder holds no .safetensors weights")
-    elif path.is_file():
-        folder, files = path.parent, [path]
-    else:
-        raise CheckpointError(f"{path}: no such file or folder")
+    files, folder = weight_files(path)
     where = files[0] if len(files) == 1 else path
     reader = TensorReader.open(files)
     try:
