@@ -120,8 +120,7 @@ def _core_raw_ids(sub_tokenizer, text: str) -> list[int] | None:
     inner = getattr(sub_tokenizer, "tokenizer", None)
     if inner is None or not callable(inner):
         return None
-    ids = list(inner(text)["input_ids"])
-    return ids
+    return list(inner(text)["input_ids"])
 
 
 def newbie_tokens(clip, gemma_text: str, jina_text: str, max_gemma_tokens: int = GEMMA_MAX_TOKENS):

@@ -222,7 +222,8 @@ def test_batches_match_single_prompts_and_are_deterministic(encoders):
         n = int(one.mask.sum())
         assert torch.allclose(both.hidden[i, :n], one.hidden[0, :n], atol=1e-5)
         assert torch.allclose(both.pooled[i], one.pooled[0], atol=1e-5)
-    assert torch.equal(encoders.encode(prompts).hidden, both.hidden)
+    hidden, mask, pooled = encoders.encode(prompts)
+    assert torch.equal(hidden, both.hidden) and torch.equal(mask, both.mask) and torch.equal(pooled, both.pooled)
 
 
 # ------------------------------------------------------------------------------ bad files

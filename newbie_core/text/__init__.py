@@ -47,6 +47,10 @@ class EncodedPrompts:
     pooled: torch.Tensor
     dropped_tokens: list[int] = field(default_factory=list)
 
+    def __iter__(self):
+        """``hidden, mask, pooled = encoders.encode(...)``."""
+        return iter((self.hidden, self.mask, self.pooled))
+
     def unpadded(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``i`` without padding: ([1, n, H], pooled [1, D])."""
         n = int(self.mask[i].sum())
