@@ -5,8 +5,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
