@@ -72,6 +72,7 @@ export function enhance(node, doc = globalThis.document) {
   const widget = node.widgets?.find((w) => w.name === "text");
   const textarea = widget?.inputEl ?? widget?.element;
   if (!widget || !textarea || textarea.__newbieEditor) return textarea?.__newbieEditor ?? null;
+  if (!textarea.parentNode) return null; // the frontend has not mounted the widget yet
   ensureStyle(doc);
 
   const wrap = doc.createElement("div");
@@ -200,9 +201,16 @@ export function enhance(node, doc = globalThis.document) {
   return editor;
 }
 
+/** The frontend may mount a node's DOM widgets after nodeCreated: retry for a few frames. */
+export function attachWhenMounted(node, doc = globalThis.document, framesLeft = 240) {
+  if (enhance(node, doc) || framesLeft <= 0) return;
+  const next = globalThis.requestAnimationFrame ?? ((fn) => setTimeout(fn, 16));
+  next(() => attachWhenMounted(node, doc, framesLeft - 1));
+}
+
 app.registerExtension({
   name: "newbie.xmlPromptEditor",
   async nodeCreated(node) {
-    if (node?.comfyClass === NODE_CLASS) enhance(node);
+    if (node?.comfyClass === NODE_CLASS) attachWhenMounted(node);
   },
 });
