@@ -67,12 +67,15 @@ class GenerationResult:
 
 
 class NewBiePipeline:
-    def __init__(self, transformer, text_encoders, vae, device="cpu", label: str = "NewBie-image-Exp0.1"):
+    def __init__(self, transformer, text_encoders, vae, device="cpu", label: str = "NewBie-image-Exp0.1",
+                 offload_text_encoders: bool = False):
         self.transformer = transformer
         self.text_encoders = text_encoders
         self.vae = vae
         self.device = torch.device(device)
         self.label = label
+        #: Keep Gemma and Jina (about 9 GB in bf16) in CPU memory except while encoding.
+        self.offload_text_encoders = offload_text_encoders
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -84,7 +87,7 @@ class NewBiePipeline:
         return pipe.to(device)
 
     @classmethod
-    def from_models_dir(cls, models_dir, device="cpu", dtype=None) -> NewBiePipeline:
+    def from_models_dir(cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False) -> NewBiePipeline:
         """Load real weights from a ComfyUI ``models/`` folder or the official HF layout."""
         from .dit import load_transformer
         from .text import load_text_encoders
@@ -93,15 +96,31 @@ class NewBiePipeline:
         found = find_model_files(models_dir)
         dtype = parse_dtype(dtype) or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
         transformer = load_transformer(found["transformer"], dtype=dtype, device=device)
-        encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=device)
+        te_device = "cpu" if offload_text_encoders else device
+        encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=te_device)
         vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
-        return cls(transformer, encoders, vae, device=device)
+        return cls(transformer, encoders, vae, device=device, offload_text_encoders=offload_text_encoders)
 
     def to(self, device) -> NewBiePipeline:
         self.device = torch.device(device)
-        for m in (self.transformer, self.text_encoders.gemma, self.text_encoders.jina, self.vae):
+        encoders = () if self.offload_text_encoders else (self.text_encoders.gemma, self.text_encoders.jina)
+        for m in (self.transformer, *encoders, self.vae):
             m.to(self.device)
         return self
+
+    def _encode(self, gemma_rows, jina_rows):
+        enc = self.text_encoders
+        if not self.offload_text_encoders:
+            return enc.encode_ids(gemma_rows, jina_rows)
+        try:
+            enc.gemma.to(self.device)
+            enc.jina.to(self.device)
+            return enc.encode_ids(gemma_rows, jina_rows)
+        finally:
+            enc.gemma.to("cpu")
+            enc.jina.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -116,7 +135,7 @@ class NewBiePipeline:
             + [gemma_text(settings.negative_prompt, settings.negative_system_prompt)] * b
         )
         jina_rows = enc.jina_ids([settings.prompt] * b + [settings.negative_prompt] * b)
-        conds = enc.encode_ids(gemma_rows, jina_rows)
+        conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
         pooled = conds.pooled.to(self.device)

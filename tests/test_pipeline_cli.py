@@ -163,6 +163,11 @@ def test_models_dir_loads_real_format_files(tmp_path):
     assert code == 0, err
     assert Image.open(out).size == (32, 32)
     assert json.loads(Image.open(out).info["newbie"])["model"] == "NewBie-image-Exp0.1"
+    out2 = tmp_path / "low.png"
+    code, _, err = run(["generate", "--models-dir", str(models), "--prompt", "1girl, smile", "--steps", "2", "--low-vram",
+                        "--width", "32", "--height", "32", "--output", str(out2), "--device", "cpu"])
+    assert code == 0, err
+    assert Image.open(out2).tobytes() == Image.open(out).tobytes()  # offloading changes nothing but memory
 
 
 def test_models_dir_names_what_is_missing(tmp_path):

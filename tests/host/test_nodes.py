@@ -236,3 +236,33 @@ def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, m
     # escapes and parentheses reach the encoders literally (core's own parser would eat them)
     (lit, _), = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
     assert lit.shape[1] == len(tok.gemma.tokenizer("rem_\\(re:zero\\), (smile:1.2)")["input_ids"])
+
+
+def test_vae_decode_falls_back_to_tiles_on_out_of_memory_only(node_classes, tiny, comfy):
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(folder_paths.get_full_path("vae", "ae_tiny.safetensors")))
+    calls = []
+
+    class OOMOnWholeDecode:
+        def decode(self, samples):
+            calls.append("decode")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        def decode_tiled(self, samples, tile_x, tile_y, overlap):
+            calls.append(("tiled", tile_x, tile_y, overlap))
+            return vae.decode_tiled(samples, tile_x=tile_x, tile_y=tile_y, overlap=overlap)
+
+    latent = {"samples": torch.randn(1, 16, 12, 8)}
+    images = node_classes["NewBieVAEDecode"].execute(latent, OOMOnWholeDecode(), 256, 64).result[0]
+    assert images.shape == (1, 96, 64, 3)
+    assert calls == ["decode", ("tiled", 32, 32, 8)]
+
+    class Broken:
+        def decode(self, samples):
+            raise RuntimeError("shape mismatch in conv")
+
+    with pytest.raises(RuntimeError, match="shape mismatch in conv"):
+        node_classes["NewBieVAEDecode"].execute(latent, Broken(), 256, 64)
