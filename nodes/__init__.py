@@ -6,9 +6,9 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, latent_vae, loaders, prompt, sampling
+    from . import encoders, latent_vae, loaders, lora, prompt, sampling
 
-    return [*loaders.NODES, *encoders.NODES, *prompt.NODES, *sampling.NODES, *latent_vae.NODES]
+    return [*loaders.NODES, *lora.NODES, *encoders.NODES, *prompt.NODES, *sampling.NODES, *latent_vae.NODES]
 
 
 class NewBieExtension(ComfyExtension):

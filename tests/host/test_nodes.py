@@ -12,7 +12,7 @@ from newbie_core.xml_prompt import parse
 EXPECTED_IDS = {
     "NewBieDiTLoader", "NewBieTextEncoderLoader", "NewBieTextEncode", "NewBieXMLPrompt", "NewBieCharacter",
     "NewBieGeneralTags", "NewBieXMLAssemble", "NewBieSampler", "NewBieOfficialCFG", "NewBieEmptyLatent",
-    "NewBieVAEDecode",
+    "NewBieVAEDecode", "NewBieLoRA",
 }
 
 
@@ -266,3 +266,26 @@ def test_vae_decode_falls_back_to_tiles_on_out_of_memory_only(node_classes, tiny
 
     with pytest.raises(RuntimeError, match="shape mismatch in conv"):
         node_classes["NewBieVAEDecode"].execute(latent, Broken(), 256, 64)
+
+
+def test_lora_node_maps_newbie_trainer_peft_keys_with_alpha(node_classes, tiny, models_dir, comfy):
+    import json
+
+    import comfy.model_management as mm
+    from safetensors.torch import save_file
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    w = tiny["dit"].layers[1].feed_forward.w2.weight
+    gen = torch.Generator().manual_seed(9)
+    a, b = torch.randn(2, w.shape[1], generator=gen) * 0.1, torch.randn(w.shape[0], 2, generator=gen) * 0.1
+    save_file({"base_model.model.layers.1.feed_forward.w2.lora_A.weight": a,
+               "base_model.model.layers.1.feed_forward.w2.lora_B.weight": b,
+               "base_model.model.not_in_model.lora_A.weight": a.clone(), "base_model.model.not_in_model.lora_B.weight": b.clone()},
+              str(models_dir / "loras" / "peft_lora.safetensors"))
+    (models_dir / "loras" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
+    patched = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result[0]
+    mm.load_models_gpu([patched])
+    got = patched.model.diffusion_model.layers[1].feed_forward.w2.weight
+    assert torch.allclose(got, w + 0.5 * (8 / 2) * (b @ a), atol=1e-6)
+    mm.unload_all_models()
+    assert torch.equal(model.model.diffusion_model.layers[1].feed_forward.w2.weight, w)  # input model untouched
