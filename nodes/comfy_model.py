@@ -25,6 +25,7 @@ from ..newbie_core.conventions import comfy_output_from_velocity, t_from_sigma
 from ..newbie_core.dit import NextDiT, NextDiTConfig
 from ..newbie_core.dit.attention import expand_kv_heads
 from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
+from ..newbie_core.weights import parse_dtype
 
 log = logging.getLogger("newbie")
 
@@ -152,16 +153,8 @@ class NewBieModelConfig(comfy.supported_models.Lumina2):
 
 
 def _torch_dtype(weight_dtype: str):
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if weight_dtype in names:
-        return names[weight_dtype]
-    if weight_dtype.startswith("fp8_e4m3fn"):
-        return torch.float8_e4m3fn
-    if weight_dtype == "fp8_e5m2":
-        return torch.float8_e5m2
-    if weight_dtype == "default":
-        return None
-    raise ValueError(f"unknown weight_dtype {weight_dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
+    """Widget value -> torch dtype (None = let ComfyUI choose); ``_fast`` only switches on fp8 matmuls."""
+    return parse_dtype(weight_dtype.removesuffix("_fast"))
 
 
 def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):

@@ -37,6 +37,12 @@ def test_comfy_prefix_and_missing_unused_norm_final(model, tmp_path):
     assert same_output(model, load_transformer(path))
 
 
+def test_full_comfy_checkpoint_loads_only_the_prefixed_dit(model, tmp_path):
+    extra = {"vae.decoder.conv_in.weight": torch.zeros(8, 16, 3, 3), "text_encoders.gemma.embed.weight": torch.zeros(4, 2)}
+    path = save_checkpoint(model, tmp_path / "full.safetensors", prefix="model.diffusion_model.", extra=extra)
+    assert same_output(model, load_transformer(path))
+
+
 def test_hf_folder_sharded_with_index_and_config_json(model, tmp_path):
     folder = tmp_path / "NewBie-image-Exp0.1" / "transformer"
     folder.mkdir(parents=True)

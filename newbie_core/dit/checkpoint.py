@@ -180,11 +180,8 @@ def open_transformer_checkpoint(path, config: NextDiTConfig | None = None):
     files, config_json = transformer_files(path)
     reader = TensorReader.open(files)
     prefix = detect_prefix(reader.tensors)
+    # with a prefix (a full ComfyUI checkpoint) the VAE/text-encoder keys beside the DiT are not ours to check
     shapes = {k[len(prefix):]: info.shape for k, info in reader.tensors.items() if k.startswith(prefix)}
-    if prefix:
-        foreign_extra = [k for k in reader.tensors if not k.startswith(prefix)]
-        if foreign_extra:
-            shapes.update({k: reader.tensors[k].shape for k in foreign_extra})
     keys = set(shapes)
     where = files[0] if len(files) == 1 else files[0].parent
     foreign = describe_foreign_checkpoint(keys, shapes)
