@@ -22,10 +22,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
     # name: (config overrides, latent side, caption tokens, batch)
-    "small": (dict(dim=384, n_layers=4, n_refiner_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden_dim=1536,
-                   cap_feat_dim=256, axes_dims=(32, 32, 32), clip_text_dim=256), 32, 64, 1),
-    "mid": (dict(dim=1152, n_layers=8, n_refiner_layers=2, n_heads=12, n_kv_heads=4, ffn_hidden_dim=4608,
-                 cap_feat_dim=1024, axes_dims=(32, 32, 32), clip_text_dim=1024), 64, 128, 1),
+    "small": (
+        dict(
+            dim=384,
+            n_layers=4,
+            n_refiner_layers=1,
+            n_heads=4,
+            n_kv_heads=2,
+            ffn_hidden_dim=1536,
+            cap_feat_dim=256,
+            axes_dims=(32, 32, 32),
+            clip_text_dim=256,
+        ),
+        32,
+        64,
+        1,
+    ),
+    "mid": (
+        dict(
+            dim=1152,
+            n_layers=8,
+            n_refiner_layers=2,
+            n_heads=12,
+            n_kv_heads=4,
+            ffn_hidden_dim=4608,
+            cap_feat_dim=1024,
+            axes_dims=(32, 32, 32),
+            clip_text_dim=1024,
+        ),
+        64,
+        128,
+        1,
+    ),
     "full": ({}, 128, 256, 1),  # the released 3.5B model at 1024x1024
 }
 
@@ -42,11 +70,24 @@ def _core_model(cfg, device, dtype):
     from comfy.ldm.lumina.model import NextDiT as CoreNextDiT
 
     model = CoreNextDiT(
-        patch_size=cfg.patch_size, in_channels=cfg.in_channels, dim=cfg.dim, n_layers=cfg.n_layers,
-        n_refiner_layers=cfg.n_refiner_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, multiple_of=256,
-        ffn_dim_multiplier=4.0, norm_eps=cfg.norm_eps, qk_norm=cfg.qk_norm,  # core's FFN: 4*dim rounded to 256
-        cap_feat_dim=cfg.cap_feat_dim, axes_dims=list(cfg.axes_dims), axes_lens=list(cfg.axes_lens),
-        clip_text_dim=cfg.clip_text_dim, operations=comfy.ops.disable_weight_init, device=device, dtype=dtype,
+        patch_size=cfg.patch_size,
+        in_channels=cfg.in_channels,
+        dim=cfg.dim,
+        n_layers=cfg.n_layers,
+        n_refiner_layers=cfg.n_refiner_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads,
+        multiple_of=256,
+        ffn_dim_multiplier=4.0,
+        norm_eps=cfg.norm_eps,
+        qk_norm=cfg.qk_norm,  # core's FFN: 4*dim rounded to 256
+        cap_feat_dim=cfg.cap_feat_dim,
+        axes_dims=list(cfg.axes_dims),
+        axes_lens=list(cfg.axes_lens),
+        clip_text_dim=cfg.clip_text_dim,
+        operations=comfy.ops.disable_weight_init,
+        device=device,
+        dtype=dtype,
     )
     return model
 
@@ -98,9 +139,20 @@ def measure(name: str, impl: str, device: str, dtype_name: str, repeats: int) ->
             run()
             sync()
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"config": name, "impl": impl, "device": device, "dtype": dtype_name, "tokens": cap_len + (side // 2) ** 2,
-            "ms": statistics.median(times) * 1000, "peak_mib": peak}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "config": name,
+        "impl": impl,
+        "device": device,
+        "dtype": dtype_name,
+        "tokens": cap_len + (side // 2) ** 2,
+        "ms": statistics.median(times) * 1000,
+        "peak_mib": peak,
+    }
 
 
 def main() -> None:
@@ -129,12 +181,16 @@ def main() -> None:
                 print(f"{name}/{impl} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"{'config':7} {'impl':5} {'device':6} {'dtype':5} {'tokens':>7} {'forward ms':>11} {'peak MiB':>9} {'ours/core':>9}")
+    print(
+        f"{'config':7} {'impl':5} {'device':6} {'dtype':5} {'tokens':>7} {'forward ms':>11} {'peak MiB':>9} {'ours/core':>9}"
+    )
     for r in rows:
         core = next((c for c in rows if c["config"] == r["config"] and c["impl"] == "core"), None)
         ratio = f"{r['ms'] / core['ms']:.2f}" if core and r["impl"] == "ours" else ""
-        print(f"{r['config']:7} {r['impl']:5} {r['device']:6} {r['dtype']:5} {r['tokens']:7d} {r['ms']:11.1f} "
-              f"{r['peak_mib']:9.0f} {ratio:>9}")
+        print(
+            f"{r['config']:7} {r['impl']:5} {r['device']:6} {r['dtype']:5} {r['tokens']:7d} {r['ms']:11.1f} "
+            f"{r['peak_mib']:9.0f} {ratio:>9}"
+        )
 
 
 if __name__ == "__main__":

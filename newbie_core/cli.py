@@ -22,26 +22,46 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models-dir", help="ComfyUI models/ folder or the official HF folder; omit for the tiny smoke-test model")
+    p.add_argument(
+        "--models-dir", help="ComfyUI models/ folder or the official HF folder; omit for the tiny smoke-test model"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default=None, help="weight dtype for real models: bf16, fp16 or fp32 (default: bf16 on GPU)")
-    p.add_argument("--low-vram", action="store_true",
-                   help="keep the text encoders in CPU memory except while encoding (about 9 GB less on the GPU)")
+    p.add_argument(
+        "--dtype", default=None, help="weight dtype for real models: bf16, fp16 or fp32 (default: bf16 on GPU)"
+    )
+    p.add_argument(
+        "--low-vram",
+        action="store_true",
+        help="keep the text encoders in CPU memory except while encoding (about 9 GB less on the GPU)",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as the official demo)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, reproducible across devices)")
-    p.add_argument("--steps", type=int, default=None, help="integration steps (official demo: 17 with midpoint = 18 grid points)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="integration steps (official demo: 17 with midpoint = 18 grid points)"
+    )
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--cfg-trunc", type=float, default=0.25, help="apply CFG only while t < this (t=0 is noise); 1 = always")
-    p.add_argument("--renorm", type=float, default=0.0, help="cap the guided velocity norm at this times the conditional one (0 = off)")
+    p.add_argument(
+        "--cfg-trunc", type=float, default=0.25, help="apply CFG only while t < this (t=0 is noise); 1 = always"
+    )
+    p.add_argument(
+        "--renorm",
+        type=float,
+        default=0.0,
+        help="cap the guided velocity norm at this times the conditional one (0 = off)",
+    )
     p.add_argument("--solver", choices=["euler", "midpoint"], default="midpoint")
     p.add_argument("--shift", type=float, default=6.0, help="time shift of the schedule")
     p.add_argument("--width", type=int, default=None, help="image width in pixels, multiple of 16")
     p.add_argument("--height", type=int, default=None, help="image height in pixels, multiple of 16")
-    p.add_argument("--system-prompt", default="auto", choices=["auto", "xml", "tags", "negative", "none"],
-                   help="system prompt given to Gemma (training format); auto picks xml or tags")
+    p.add_argument(
+        "--system-prompt",
+        default="auto",
+        choices=["auto", "xml", "tags", "negative", "none"],
+        help="system prompt given to Gemma (training format); auto picks xml or tags",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +102,9 @@ def _load_pipeline(args, out):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.models_dir:
         print(f"loading NewBie models from {args.models_dir} ...", file=out)
-        pipe = NewBiePipeline.from_models_dir(args.models_dir, device=device, dtype=args.dtype,
-                                              offload_text_encoders=args.low_vram)
+        pipe = NewBiePipeline.from_models_dir(
+            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
+        )
         return pipe, False
     print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
     return NewBiePipeline.tiny(device=device), True
@@ -94,9 +115,18 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
 
     size = 64 if tiny else 1024
     return GenerationSettings(
-        prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=steps or args.steps or 17,
-        cfg=args.cfg, cfg_trunc=args.cfg_trunc, renorm=args.renorm, solver=args.solver, shift=args.shift,
-        width=args.width or size, height=args.height or size, system_prompt=args.system_prompt,
+        prompt=prompt,
+        negative_prompt=args.negative,
+        seed=args.seed,
+        steps=steps or args.steps or 17,
+        cfg=args.cfg,
+        cfg_trunc=args.cfg_trunc,
+        renorm=args.renorm,
+        solver=args.solver,
+        shift=args.shift,
+        width=args.width or size,
+        height=args.height or size,
+        system_prompt=args.system_prompt,
     )
 
 
@@ -160,7 +190,9 @@ def cmd_generate(args, out, err) -> int:
     except XMLPromptError as exc:
         print(f"error: prompt {exc}", file=err)
         return EXIT_BAD_INPUT
-    output = Path(args.output) if args.output else Path("outputs") / f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{args.seed}.png"
+    output = (
+        Path(args.output) if args.output else Path("outputs") / f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{args.seed}.png"
+    )
     if output.exists():
         print(f"error: {output} already exists; choose another --output", file=err)
         return EXIT_BAD_INPUT

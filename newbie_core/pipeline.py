@@ -39,7 +39,9 @@ class GenerationSettings:
 
     def validate(self) -> None:
         if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
-            raise ConfigError(f"image size {self.width}x{self.height} is impossible: width and height must be positive multiples of 16")
+            raise ConfigError(
+                f"image size {self.width}x{self.height} is impossible: width and height must be positive multiples of 16"
+            )
         if self.width * self.height > 4096 * 4096:
             raise ConfigError(f"image size {self.width}x{self.height} is too large (at most 4096x4096 pixels)")
         if self.steps < 1 or self.steps > 1000:
@@ -67,8 +69,15 @@ class GenerationResult:
 
 
 class NewBiePipeline:
-    def __init__(self, transformer, text_encoders, vae, device="cpu", label: str = "NewBie-image-Exp0.1",
-                 offload_text_encoders: bool = False):
+    def __init__(
+        self,
+        transformer,
+        text_encoders,
+        vae,
+        device="cpu",
+        label: str = "NewBie-image-Exp0.1",
+        offload_text_encoders: bool = False,
+    ):
         self.transformer = transformer
         self.text_encoders = text_encoders
         self.vae = vae
@@ -124,7 +133,9 @@ class NewBiePipeline:
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    def generate(
+        self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
+    ) -> GenerationResult:
         settings.validate()
         b = settings.batch_size
         enc = self.text_encoders
@@ -209,8 +220,12 @@ def find_model_files(models_dir) -> dict[str, Path]:
         found.setdefault(kind, target)
     missing = [k for k in ("transformer", "gemma", "jina", "vae") if k not in found]
     if missing:
-        names = {"transformer": "NewBie diffusion model", "gemma": "Gemma3-4B-it text encoder",
-                 "jina": "Jina CLIP v2 text encoder", "vae": "FLUX VAE (ae.safetensors)"}
+        names = {
+            "transformer": "NewBie diffusion model",
+            "gemma": "Gemma3-4B-it text encoder",
+            "jina": "Jina CLIP v2 text encoder",
+            "vae": "FLUX VAE (ae.safetensors)",
+        }
         raise CheckpointError(f"{root}: could not find " + ", ".join(names[m] for m in missing))
     return found
 

@@ -90,7 +90,9 @@ def integrate(
 def initial_noise(batch: int, height: int, width: int, seed: int, channels: int = 16) -> torch.Tensor:
     """Noise from a CPU generator: sample i of a batch equals sample i of any larger batch with the same seed."""
     if height % 16 or width % 16 or height <= 0 or width <= 0:
-        raise ConfigError(f"image size {width}x{height} is impossible: width and height must be positive multiples of 16")
+        raise ConfigError(
+            f"image size {width}x{height} is impossible: width and height must be positive multiples of 16"
+        )
     gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
     return torch.randn(batch, channels, height // 8, width // 8, generator=gen, dtype=torch.float32)
 

@@ -37,8 +37,15 @@ def _seeded_init(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None
 
 def tiny_dit_config() -> NextDiTConfig:
     return NextDiTConfig(
-        dim=64, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden_dim=official_ffn_hidden(64, 32),
-        cap_feat_dim=GEMMA_HIDDEN, axes_dims=(4, 6, 6), clip_text_dim=JINA_HIDDEN,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_hidden_dim=official_ffn_hidden(64, 32),
+        cap_feat_dim=GEMMA_HIDDEN,
+        axes_dims=(4, 6, 6),
+        clip_text_dim=JINA_HIDDEN,
     )
 
 
@@ -52,13 +59,23 @@ def tiny_text_encoders() -> TextEncoders:
     from transformers import Gemma3TextConfig
 
     cfg = Gemma3TextConfig(
-        vocab_size=260, hidden_size=GEMMA_HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, sliding_window=1024, max_position_embeddings=1024,
+        vocab_size=260,
+        hidden_size=GEMMA_HIDDEN,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=1024,
+        max_position_embeddings=1024,
     )
     cfg._attn_implementation = "sdpa"
     gemma = GemmaTextEncoder(cfg)
     _seeded_init(gemma, SEED + 1)
-    jina = JinaTextModel(JinaTextConfig(vocab_size=260, hidden_size=JINA_HIDDEN, num_layers=1, num_heads=1, intermediate_size=128))
+    jina = JinaTextModel(
+        JinaTextConfig(vocab_size=260, hidden_size=JINA_HIDDEN, num_layers=1, num_heads=1, intermediate_size=128)
+    )
     _seeded_init(jina, SEED + 2)
     return TextEncoders(
         gemma.eval().requires_grad_(False),

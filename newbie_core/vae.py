@@ -148,7 +148,9 @@ class Decoder(nn.Module):
         for i in reversed(range(len(cfg.ch_mult))):
             level = self.up[i]
             cout = cfg.ch * cfg.ch_mult[i]
-            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout) for j in range(cfg.num_res_blocks + 1))
+            level.block = nn.ModuleList(
+                ResnetBlock(cin if j == 0 else cout, cout) for j in range(cfg.num_res_blocks + 1)
+            )
             if i != 0:
                 level.upsample = _Up(cout)
             cin = cout
@@ -235,30 +237,44 @@ def decode_tiled(decode, z: torch.Tensor, tile: int, overlap: int, scale: int) -
 
 # ------------------------------------------------------------------------------------ loading
 
+
 def _diffusers_to_ldm(key: str, n_levels: int) -> str:
     """Map one diffusers AutoencoderKL key onto the ldm/Flux name."""
     k = key
     k = re.sub(r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out.", k)
-    k = re.sub(r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.", k)
+    k = re.sub(
+        r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m.group(1)}.mid.block_{int(m.group(2)) + 1}.", k
+    )
     k = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm.", k)
     k = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_(q|k|v)\.", r"\1.mid.attn_1.\2.", k)
     k = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0\.", r"\1.mid.attn_1.proj_out.", k)
     k = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", k)
     k = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.", r"encoder.down.\1.downsample.conv.", k)
-    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
-               lambda m: f"decoder.up.{n_levels - 1 - int(m.group(1))}.block.{m.group(2)}.", k)
-    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.",
-               lambda m: f"decoder.up.{n_levels - 1 - int(m.group(1))}.upsample.conv.", k)
+    k = re.sub(
+        r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+        lambda m: f"decoder.up.{n_levels - 1 - int(m.group(1))}.block.{m.group(2)}.",
+        k,
+    )
+    k = re.sub(
+        r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.",
+        lambda m: f"decoder.up.{n_levels - 1 - int(m.group(1))}.upsample.conv.",
+        k,
+    )
     return k.replace(".conv_shortcut.", ".nin_shortcut.")
 
 
 def _vae_file(path: Path) -> Path:
     if path.is_dir():
-        for candidate in (path / "vae" / "diffusion_pytorch_model.safetensors", path / "diffusion_pytorch_model.safetensors",
-                          path / "ae.safetensors"):
+        for candidate in (
+            path / "vae" / "diffusion_pytorch_model.safetensors",
+            path / "diffusion_pytorch_model.safetensors",
+            path / "ae.safetensors",
+        ):
             if candidate.is_file():
                 return candidate
-        raise CheckpointError(f"{path}: no VAE weights found (expected ae.safetensors or vae/diffusion_pytorch_model.safetensors)")
+        raise CheckpointError(
+            f"{path}: no VAE weights found (expected ae.safetensors or vae/diffusion_pytorch_model.safetensors)"
+        )
     return path
 
 
@@ -267,20 +283,30 @@ def load_vae(path, dtype=None, device="cpu") -> AutoEncoder:
     file = _vae_file(Path(path))
     reader = TensorReader.open([file])
     keys = list(reader.tensors)
-    prefix = next((p for p in ("first_stage_model.", "vae.", "") if any(k.startswith(p + "decoder.conv_in") for k in keys)), None)
+    prefix = next(
+        (p for p in ("first_stage_model.", "vae.", "") if any(k.startswith(p + "decoder.conv_in") for k in keys)), None
+    )
     if prefix is None:
-        raise CheckpointError(f"{file}: not a VAE file (no 'decoder.conv_in.weight'; first keys: {', '.join(sorted(keys)[:3])})")
-    shapes = {k[len(prefix):]: v.shape for k, v in reader.tensors.items() if k.startswith(prefix)}
+        raise CheckpointError(
+            f"{file}: not a VAE file (no 'decoder.conv_in.weight'; first keys: {', '.join(sorted(keys)[:3])})"
+        )
+    shapes = {k[len(prefix) :]: v.shape for k, v in reader.tensors.items() if k.startswith(prefix)}
     diffusers = any(".up_blocks." in k or ".down_blocks." in k for k in shapes)
     z = shapes["decoder.conv_in.weight"][1]
     if z != 16:
         raise CheckpointError(f"{file}: VAE has {z} latent channels; NewBie needs the 16-channel FLUX VAE")
-    ch = shapes["encoder.conv_in.weight"][0] if "encoder.conv_in.weight" in shapes else shapes["decoder.conv_out.weight"][1]
+    ch = (
+        shapes["encoder.conv_in.weight"][0]
+        if "encoder.conv_in.weight" in shapes
+        else shapes["decoder.conv_out.weight"][1]
+    )
     level_pat = r"^encoder\.down_blocks\.(\d+)\." if diffusers else r"^encoder\.down\.(\d+)\."
     levels = sorted({int(m.group(1)) for k in shapes if (m := re.match(level_pat, k))})
     mults = []
     for i in levels:
-        conv = f"encoder.down_blocks.{i}.resnets.0.conv1.weight" if diffusers else f"encoder.down.{i}.block.0.conv1.weight"
+        conv = (
+            f"encoder.down_blocks.{i}.resnets.0.conv1.weight" if diffusers else f"encoder.down.{i}.block.0.conv1.weight"
+        )
         mults.append(shapes[conv][0] // ch)
     dec_pat = r"^decoder\.up_blocks\.0\.resnets\.(\d+)\." if diffusers else r"^decoder\.up\.0\.block\.(\d+)\."
     dec_blocks = {int(m.group(1)) for k in shapes if (m := re.match(dec_pat, k))}
@@ -293,7 +319,7 @@ def load_vae(path, dtype=None, device="cpu") -> AutoEncoder:
     for key in reader.tensors:
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if diffusers:
             name = _diffusers_to_ldm(name, len(cfg.ch_mult))
         if name not in expected:
@@ -302,11 +328,15 @@ def load_vae(path, dtype=None, device="cpu") -> AutoEncoder:
         if tensor.ndim == 2 and expected[name].ndim == 4:  # diffusers attention projections are Linear
             tensor = tensor[:, :, None, None]
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{file}: VAE key {key!r} has shape {list(tensor.shape)}, expected {list(expected[name].shape)}")
+            raise CheckpointError(
+                f"{file}: VAE key {key!r} has shape {list(tensor.shape)}, expected {list(expected[name].shape)}"
+            )
         state[name] = tensor
     missing = sorted(set(expected) - set(state))
     if any(k.startswith("decoder.") for k in missing):
-        raise CheckpointError(f"{file}: missing VAE keys: {', '.join(k for k in missing if k.startswith('decoder.'))[:400]}")
+        raise CheckpointError(
+            f"{file}: missing VAE keys: {', '.join(k for k in missing if k.startswith('decoder.'))[:400]}"
+        )
     if missing:  # a decoder-only file: fine for text-to-image
         model.encoder = None
     model.load_state_dict(state, strict=False)

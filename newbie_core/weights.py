@@ -20,8 +20,15 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
@@ -29,12 +36,21 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
         _ST_DTYPES[_name] = getattr(torch, _attr)
 
 _DTYPE_ALIASES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
 }
-for _alias, _attr in (("fp8_e4m3fn", "float8_e4m3fn"), ("float8_e4m3fn", "float8_e4m3fn"),
-                      ("fp8_e5m2", "float8_e5m2"), ("float8_e5m2", "float8_e5m2")):
+for _alias, _attr in (
+    ("fp8_e4m3fn", "float8_e4m3fn"),
+    ("float8_e4m3fn", "float8_e4m3fn"),
+    ("fp8_e5m2", "float8_e5m2"),
+    ("float8_e5m2", "float8_e5m2"),
+):
     if hasattr(torch, _attr):
         _DTYPE_ALIASES[_alias] = getattr(torch, _attr)
 

@@ -76,11 +76,23 @@ class ComfyNextDiT(NextDiT):
         args = (x, timesteps, context, num_tokens, attention_mask, transformer_options)
         if _patcher_extension is None:  # cores without the wrapper system
             return self._comfy_forward(*args, **kwargs)
-        wrappers = _patcher_extension.get_all_wrappers(_patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options)
+        wrappers = _patcher_extension.get_all_wrappers(
+            _patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
+        )
         executor = _patcher_extension.WrapperExecutor.new_class_executor(self._comfy_forward, self, wrappers)
         return executor.execute(*args, **kwargs)
 
-    def _comfy_forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={}, clip_text_pooled=None, **kwargs):  # noqa: B006
+    def _comfy_forward(
+        self,
+        x,
+        timesteps,
+        context,
+        num_tokens=None,
+        attention_mask=None,
+        transformer_options={},
+        clip_text_pooled=None,
+        **kwargs,
+    ):  # noqa: B006
         h, w = x.shape[-2:]
         p = self.patch_size
         pad_h, pad_w = (-h) % p, (-w) % p
@@ -165,7 +177,7 @@ def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
     sd = {}
     for f in files:
         part = comfy.utils.load_torch_file(str(f), safe_load=True)
-        sd.update({k[len(prefix):]: v for k, v in part.items() if k.startswith(prefix)})
+        sd.update({k[len(prefix) :]: v for k, v in part.items() if k.startswith(prefix)})
 
     model_config = NewBieModelConfig({**NewBieModelConfig.unet_config, **config.to_dict()})
     load_device = mm.get_torch_device()

@@ -30,14 +30,18 @@ def with_official_guidance(model, cfg_trunc: float, renorm: float):
         finally:
             guider.cfg = saved
 
-    pe.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, truncate_cfg, m.model_options, is_model_options=True)
+    pe.add_wrapper_with_key(
+        pe.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, truncate_cfg, m.model_options, is_model_options=True
+    )
     if renorm > 0:
+
         def renorm_cfg(args):
             x = args["input"]
             if args["cond_scale"] == 1.0 or args.get("uncond_denoised") is None:
                 return x - args["cond_denoised"]
-            guided = sampling.guided_denoised(x, args["cond_denoised"], args["uncond_denoised"], args["sigma"],
-                                              args["cond_scale"], renorm)
+            guided = sampling.guided_denoised(
+                x, args["cond_denoised"], args["uncond_denoised"], args["sigma"], args["cond_scale"], renorm
+            )
             return x - guided
 
         m.set_model_sampler_cfg_function(renorm_cfg)
@@ -75,7 +79,7 @@ def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0):
         sigmas = sampling.official_sigmas(total, shift)
     else:
         sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
-    return sigmas[-(steps + 1):]
+    return sigmas[-(steps + 1) :]
 
 
 def sampler_names() -> list[str]:

@@ -34,7 +34,10 @@ class NewBieClipTokenizer:
         self.jina = tokenizer_data["newbie_jina"]
 
     def tokenize_with_weights(self, text: str, return_word_ids=False, **kwargs):
-        return {"gemma": _pairs(self.gemma.encode(text), return_word_ids), "jina": _pairs(self.jina.encode(text), return_word_ids)}
+        return {
+            "gemma": _pairs(self.gemma.encode(text), return_word_ids),
+            "jina": _pairs(self.jina.encode(text), return_word_ids),
+        }
 
     def newbie_tokens(self, gemma_text: str, jina_text: str) -> tuple[list[int], list[int]]:
         return self.gemma.encode(gemma_text), self.jina.encode(jina_text)
@@ -105,8 +108,12 @@ def load_newbie_clip(gemma_path: str, jina_path: str, dtype: str = "default", de
         target=target,
         tokenizer_data={"newbie_gemma": gemma_tok, "newbie_jina": jina_tok},
         parameters=params,
-        model_options={"dtype": torch_dtype, "load_device": load_device, "offload_device": offload_device,
-                       "initial_device": offload_device},
+        model_options={
+            "dtype": torch_dtype,
+            "load_device": load_device,
+            "offload_device": offload_device,
+            "initial_device": offload_device,
+        },
     )
 
 

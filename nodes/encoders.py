@@ -30,14 +30,28 @@ class NewBieTextEncoderLoader(io.ComfyNode):
             description="Loads Gemma3-4B-it and Jina CLIP v2 with this pack's encoders and returns a standard CLIP: "
             "CLIPTextEncode and the conditioning nodes work with it; NewBie Text Encode adds the training-time prompt split.",
             inputs=[
-                io.Combo.Input("gemma_name", options=_sorted_by_hint(names, "gemma"),
-                               tooltip="Gemma3-4B-it text encoder in models/text_encoders (e.g. gemma_3_4b_it_bf16.safetensors)."),
-                io.Combo.Input("jina_name", options=_sorted_by_hint(names, "jina"),
-                               tooltip="Jina CLIP v2 text encoder in models/text_encoders (e.g. jina_clip_v2_bf16.safetensors)."),
-                io.Combo.Input("dtype", options=["default", "bf16", "fp16", "fp32"], default="default",
-                               tooltip="Weight dtype. default: bf16 on GPUs that support it, else fp32. fp16 can overflow in Gemma."),
-                io.Combo.Input("device", options=["default", "cpu"], default="default",
-                               tooltip="default: ComfyUI's text-encoder device; cpu keeps the 8 GB Gemma off the GPU."),
+                io.Combo.Input(
+                    "gemma_name",
+                    options=_sorted_by_hint(names, "gemma"),
+                    tooltip="Gemma3-4B-it text encoder in models/text_encoders (e.g. gemma_3_4b_it_bf16.safetensors).",
+                ),
+                io.Combo.Input(
+                    "jina_name",
+                    options=_sorted_by_hint(names, "jina"),
+                    tooltip="Jina CLIP v2 text encoder in models/text_encoders (e.g. jina_clip_v2_bf16.safetensors).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=["default", "bf16", "fp16", "fp32"],
+                    default="default",
+                    tooltip="Weight dtype. default: bf16 on GPUs that support it, else fp32. fp16 can overflow in Gemma.",
+                ),
+                io.Combo.Input(
+                    "device",
+                    options=["default", "cpu"],
+                    default="default",
+                    tooltip="default: ComfyUI's text-encoder device; cpu keeps the 8 GB Gemma off the GPU.",
+                ),
             ],
             outputs=[io.Clip.Output(tooltip="Both encoders as one CLIP; offloaded by ComfyUI after encoding.")],
         )
@@ -63,16 +77,33 @@ class NewBieTextEncode(io.ComfyNode):
             description="Encodes a prompt the way NewBie was trained: the system prompt goes to Gemma only, Jina sees "
             "the bare prompt, Gemma is cut at 512 tokens. Works with this pack's CLIP and with core's DualCLIPLoader (newbie).",
             inputs=[
-                io.Clip.Input("clip", tooltip="A NewBie CLIP: 'Load NewBie Text Encoders' or DualCLIPLoader with type newbie."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True,
-                                tooltip="The prompt: NewBie XML, Danbooru tags or natural language. Used verbatim (no weight syntax)."),
-                io.Combo.Input("system_prompt", options=PRESETS, default="auto",
-                               tooltip="System prompt for Gemma. auto: the training XML prompt for XML, the tag prompt otherwise; "
-                               "negative: the low-quality prompt for negatives; none: no system prompt; custom: the text below."),
-                io.String.Input("custom_system_prompt", multiline=True, default="", optional=True,
-                                tooltip="Used when system_prompt is custom; prepended to the prompt for Gemma only."),
+                io.Clip.Input(
+                    "clip", tooltip="A NewBie CLIP: 'Load NewBie Text Encoders' or DualCLIPLoader with type newbie."
+                ),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    tooltip="The prompt: NewBie XML, Danbooru tags or natural language. Used verbatim (no weight syntax).",
+                ),
+                io.Combo.Input(
+                    "system_prompt",
+                    options=PRESETS,
+                    default="auto",
+                    tooltip="System prompt for Gemma. auto: the training XML prompt for XML, the tag prompt otherwise; "
+                    "negative: the low-quality prompt for negatives; none: no system prompt; custom: the text below.",
+                ),
+                io.String.Input(
+                    "custom_system_prompt",
+                    multiline=True,
+                    default="",
+                    optional=True,
+                    tooltip="Used when system_prompt is custom; prepended to the prompt for Gemma only.",
+                ),
             ],
-            outputs=[io.Conditioning.Output(tooltip="Gemma states + Jina pooled_output + attention_mask, as core's NewBie.")],
+            outputs=[
+                io.Conditioning.Output(tooltip="Gemma states + Jina pooled_output + attention_mask, as core's NewBie.")
+            ],
         )
 
     @classmethod
@@ -83,8 +114,11 @@ class NewBieTextEncode(io.ComfyNode):
             )
         tokens, dropped = newbie_tokens(clip, gemma_text(text, system_prompt, custom_system_prompt), text)
         if dropped:
-            log.warning("NewBie Text Encode: the Gemma prompt was longer than the 512 tokens used in training; "
-                        "the last %d tokens were dropped", dropped)
+            log.warning(
+                "NewBie Text Encode: the Gemma prompt was longer than the 512 tokens used in training; "
+                "the last %d tokens were dropped",
+                dropped,
+            )
         return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))
 
 

@@ -13,8 +13,18 @@ log = logging.getLogger("newbie")
 
 #: Training buckets near 1024x1024 (multiples of 64, area <= 1024^2): width x height.
 RESOLUTIONS = [
-    "1024x1024 (1:1)", "896x1152 (7:9)", "832x1216 (2:3)", "768x1344 (4:7)", "704x1472 (11:23)", "640x1536 (5:12)",
-    "1152x896 (9:7)", "1216x832 (3:2)", "1344x768 (7:4)", "1472x704 (23:11)", "1536x640 (12:5)", "custom",
+    "1024x1024 (1:1)",
+    "896x1152 (7:9)",
+    "832x1216 (2:3)",
+    "768x1344 (4:7)",
+    "704x1472 (11:23)",
+    "640x1536 (5:12)",
+    "1152x896 (9:7)",
+    "1216x832 (3:2)",
+    "1344x768 (7:4)",
+    "1472x704 (23:11)",
+    "1536x640 (12:5)",
+    "custom",
 ]
 
 
@@ -29,10 +39,18 @@ class NewBieEmptyLatent(io.ComfyNode):
             description="An empty 16-channel latent at one of NewBie's training resolutions (about one megapixel), or a "
             "custom size in multiples of 16.",
             inputs=[
-                io.Combo.Input("resolution", options=RESOLUTIONS, default=RESOLUTIONS[0],
-                               tooltip="Width x height the model was trained on; 'custom' uses the fields below."),
-                io.Int.Input("width", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."),
-                io.Int.Input("height", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."),
+                io.Combo.Input(
+                    "resolution",
+                    options=RESOLUTIONS,
+                    default=RESOLUTIONS[0],
+                    tooltip="Width x height the model was trained on; 'custom' uses the fields below.",
+                ),
+                io.Int.Input(
+                    "width", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."
+                ),
+                io.Int.Input(
+                    "height", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."
+                ),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
             ],
             outputs=[io.Latent.Output(tooltip="Zeros of shape [batch, 16, height/8, width/8].")],
@@ -49,14 +67,18 @@ class NewBieEmptyLatent(io.ComfyNode):
         if resolution != "custom":
             width, height = (int(v) for v in resolution.split(" ")[0].split("x"))
         if width % 16 or height % 16:
-            raise ValueError(f"NewBie Empty Latent: {width}x{height} is impossible; width and height must be multiples of 16")
+            raise ValueError(
+                f"NewBie Empty Latent: {width}x{height} is impossible; width and height must be multiples of 16"
+            )
         samples = torch.zeros([batch_size, 16, height // 8, width // 8], device=mm.intermediate_device())
         return io.NodeOutput({"samples": samples})
 
 
 def _is_oom(exc: Exception) -> bool:
     is_oom = getattr(mm, "is_oom", None)  # newer cores also recognise accelerator OOM errors
-    return is_oom(exc) if is_oom is not None else isinstance(exc, mm.OOM_EXCEPTION) and "out of memory" in str(exc).lower()
+    return (
+        is_oom(exc) if is_oom is not None else isinstance(exc, mm.OOM_EXCEPTION) and "out of memory" in str(exc).lower()
+    )
 
 
 class NewBieVAEDecode(io.ComfyNode):
@@ -72,9 +94,17 @@ class NewBieVAEDecode(io.ComfyNode):
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent from the sampler."),
                 io.Vae.Input("vae", tooltip="The FLUX.1 16-channel VAE (VAELoader with ae.safetensors)."),
-                io.Int.Input("tile_size", default=512, min=128, max=4096, step=32,
-                             tooltip="Tile edge in pixels for the out-of-memory fallback."),
-                io.Int.Input("overlap", default=64, min=0, max=1024, step=32, tooltip="Tile overlap in pixels (blended)."),
+                io.Int.Input(
+                    "tile_size",
+                    default=512,
+                    min=128,
+                    max=4096,
+                    step=32,
+                    tooltip="Tile edge in pixels for the out-of-memory fallback.",
+                ),
+                io.Int.Input(
+                    "overlap", default=64, min=0, max=1024, step=32, tooltip="Tile overlap in pixels (blended)."
+                ),
             ],
             outputs=[io.Image.Output(tooltip="Decoded images.")],
         )
@@ -90,8 +120,12 @@ class NewBieVAEDecode(io.ComfyNode):
             log.warning("NewBie VAE Decode: out of memory, decoding in %dpx tiles", tile_size)
             mm.soft_empty_cache()
             scale = 8
-            images = vae.decode_tiled(latent, tile_x=tile_size // scale, tile_y=tile_size // scale,
-                                      overlap=min(overlap // scale, tile_size // scale // 4))
+            images = vae.decode_tiled(
+                latent,
+                tile_x=tile_size // scale,
+                tile_y=tile_size // scale,
+                overlap=min(overlap // scale, tile_size // scale // 4),
+            )
         if images.ndim == 5:
             images = images.reshape(-1, *images.shape[-3:])
         return io.NodeOutput(images)

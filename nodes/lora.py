@@ -19,7 +19,7 @@ def newbie_key_map(model_patcher) -> dict:
     key_map = comfy.lora.model_lora_keys_unet(model_patcher.model, {})
     for key in model_patcher.model.state_dict():
         if key.startswith("diffusion_model.") and key.endswith(".weight"):
-            module = key[len("diffusion_model."):-len(".weight")]
+            module = key[len("diffusion_model.") : -len(".weight")]
             for prefix in MODULE_PREFIXES:
                 key_map.setdefault(prefix + module, key)
     return key_map
@@ -38,8 +38,11 @@ class NewBieLoRA(io.ComfyNode):
             "the file's metadata. Modules it cannot place are listed in the console instead of being ignored.",
             inputs=[
                 io.Model.Input("model", tooltip="The NewBie MODEL to patch."),
-                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="LoRA file in models/loras (adapter_config.json beside it is read if present)."),
+                io.Combo.Input(
+                    "lora_name",
+                    options=folder_paths.get_filename_list("loras"),
+                    tooltip="LoRA file in models/loras (adapter_config.json beside it is read if present).",
+                ),
                 io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.01, tooltip="LoRA strength."),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (the input is left untouched).")],
@@ -57,8 +60,12 @@ class NewBieLoRA(io.ComfyNode):
         patches = comfy.lora.load_lora(state_dict, key_map, log_missing=False)
         unmatched = sorted(m for m in lora_modules(state_dict) if m not in key_map)
         if unmatched:
-            log.warning("NewBie LoRA %s: %d modules match nothing in this model: %s", lora_name, len(unmatched),
-                        ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""))
+            log.warning(
+                "NewBie LoRA %s: %d modules match nothing in this model: %s",
+                lora_name,
+                len(unmatched),
+                ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
+            )
         if not patches:
             raise ValueError(f"NewBie LoRA: {lora_name} has no weights that match this model")
         log.info("NewBie LoRA %s: %d modules patched (alpha %s, rank %s)", lora_name, len(patches), alpha, rank)

@@ -54,9 +54,13 @@ class NewBieXMLPrompt(io.ComfyNode):
             description="A prompt in NewBie's XML format (tags or plain text also pass). Malformed XML is reported with "
             "line and column before the workflow runs.",
             inputs=[
-                io.String.Input("text", multiline=True, default="",
-                                tooltip="NewBie XML (<character_1>...</character_1> <general_tags>...</general_tags>), "
-                                "Danbooru tags or natural language."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    default="",
+                    tooltip="NewBie XML (<character_1>...</character_1> <general_tags>...</general_tags>), "
+                    "Danbooru tags or natural language.",
+                ),
             ],
             outputs=[io.String.Output(tooltip="The prompt text, validated and unchanged.")],
         )
@@ -88,8 +92,15 @@ def _parse_blocks(text: str | None, what: str) -> StructuredPrompt:
 class NewBieCharacter(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        fields = [io.String.Input(f, default="1girl" if f == "gender" else "", multiline=f not in ("n", "gender", "position"),
-                                  tooltip=FIELD_TIPS[f]) for f in CHARACTER_FIELDS]
+        fields = [
+            io.String.Input(
+                f,
+                default="1girl" if f == "gender" else "",
+                multiline=f not in ("n", "gender", "position"),
+                tooltip=FIELD_TIPS[f],
+            )
+            for f in CHARACTER_FIELDS
+        ]
         return schema(
             node_id="NewBieCharacter",
             display_name="NewBie Character",
@@ -98,11 +109,18 @@ class NewBieCharacter(io.ComfyNode):
             description="Adds one <character_N> block. Chain as many as you like: each node numbers its block after the "
             "characters it receives.",
             inputs=[
-                io.String.Input("previous", force_input=True, optional=True,
-                                tooltip="Character blocks from another NewBie Character node (optional)."),
+                io.String.Input(
+                    "previous",
+                    force_input=True,
+                    optional=True,
+                    tooltip="Character blocks from another NewBie Character node (optional).",
+                ),
                 *fields,
-                io.Boolean.Input("normalize_tags", default=True,
-                                 tooltip="Rewrite tags in Danbooru form: spaces to underscores, parentheses escaped."),
+                io.Boolean.Input(
+                    "normalize_tags",
+                    default=True,
+                    tooltip="Rewrite tags in Danbooru form: spaces to underscores, parentheses escaped.",
+                ),
             ],
             outputs=[io.String.Output(display_name="characters", tooltip="XML of all characters so far.")],
         )
@@ -128,8 +146,11 @@ class NewBieGeneralTags(io.ComfyNode):
             description="The <general_tags> block: scene-wide tags. Empty fields are left out.",
             inputs=[
                 *[io.String.Input(f, default="", multiline=True, tooltip=FIELD_TIPS[f]) for f in GENERAL_FIELDS],
-                io.Boolean.Input("normalize_tags", default=True,
-                                 tooltip="Rewrite tags in Danbooru form: spaces to underscores, parentheses escaped."),
+                io.Boolean.Input(
+                    "normalize_tags",
+                    default=True,
+                    tooltip="Rewrite tags in Danbooru form: spaces to underscores, parentheses escaped.",
+                ),
             ],
             outputs=[io.String.Output(display_name="general_tags", tooltip="XML of the general_tags block.")],
         )
@@ -152,14 +173,21 @@ class NewBieXMLAssemble(io.ComfyNode):
             inputs=[
                 io.String.Input("characters", force_input=True, optional=True, tooltip="From NewBie Character nodes."),
                 io.String.Input("general_tags", force_input=True, optional=True, tooltip="From NewBie General Tags."),
-                io.String.Input("caption", default="", multiline=True, optional=True,
-                                tooltip="Optional natural-language scene description (<caption>)."),
+                io.String.Input(
+                    "caption",
+                    default="",
+                    multiline=True,
+                    optional=True,
+                    tooltip="Optional natural-language scene description (<caption>).",
+                ),
             ],
             outputs=[io.String.Output(display_name="prompt", tooltip="The complete XML prompt.")],
         )
 
     @classmethod
-    def execute(cls, characters: str | None = None, general_tags: str | None = None, caption: str = "") -> io.NodeOutput:
+    def execute(
+        cls, characters: str | None = None, general_tags: str | None = None, caption: str = ""
+    ) -> io.NodeOutput:
         chars = _parse_blocks(characters, "characters")
         general = _parse_blocks(general_tags, "general_tags")
         prompt = StructuredPrompt(

@@ -17,9 +17,13 @@ from .comfy_sampling import (
     with_official_guidance,
 )
 
-CFG_TRUNC_TIP = ("Official CFG truncation: guidance only while t < cfg_trunc (t = 0 is noise, 1 is the image); "
-                 "afterwards the negative prompt is skipped. 1.0 = guidance on every step.")
-RENORM_TIP = "Official CFG renormalisation: cap the guided velocity's norm at this multiple of the positive one (0 = off)."
+CFG_TRUNC_TIP = (
+    "Official CFG truncation: guidance only while t < cfg_trunc (t = 0 is noise, 1 is the image); "
+    "afterwards the negative prompt is skipped. 1.0 = guidance on every step."
+)
+RENORM_TIP = (
+    "Official CFG renormalisation: cap the guided velocity's norm at this multiple of the positive one (0 = off)."
+)
 
 
 class NewBieSampler(io.ComfyNode):
@@ -35,42 +39,97 @@ class NewBieSampler(io.ComfyNode):
             "stock sampler or scheduler can be picked instead.",
             inputs=[
                 io.Model.Input("model", tooltip="A NewBie MODEL (this pack's loader or core's)."),
-                io.Conditioning.Input("positive", tooltip="Prompt conditioning (NewBie Text Encode or CLIPTextEncode)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning; an empty prompt matches the official demo."),
-                io.Latent.Input("latent_image", tooltip="16-channel latent, e.g. from NewBie Empty Latent or EmptySD3LatentImage."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (noise is made on the CPU, so results match across devices)."),
-                io.Int.Input("steps", default=17, min=1, max=1000,
-                             tooltip="Integration steps. The official demo's 18 grid points with midpoint = 17 steps "
-                             "(two model calls each)."),
+                io.Conditioning.Input(
+                    "positive", tooltip="Prompt conditioning (NewBie Text Encode or CLIPTextEncode)."
+                ),
+                io.Conditioning.Input(
+                    "negative", tooltip="Negative conditioning; an empty prompt matches the official demo."
+                ),
+                io.Latent.Input(
+                    "latent_image", tooltip="16-channel latent, e.g. from NewBie Empty Latent or EmptySD3LatentImage."
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Noise seed (noise is made on the CPU, so results match across devices).",
+                ),
+                io.Int.Input(
+                    "steps",
+                    default=17,
+                    min=1,
+                    max=1000,
+                    tooltip="Integration steps. The official demo's 18 grid points with midpoint = 17 steps "
+                    "(two model calls each).",
+                ),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Guidance scale."),
                 io.Float.Input("cfg_trunc", default=0.25, min=0.0, max=1.0, step=0.01, tooltip=CFG_TRUNC_TIP),
                 io.Float.Input("renorm", default=0.0, min=0.0, max=10.0, step=0.05, tooltip=RENORM_TIP),
-                io.Combo.Input("sampler_name", options=sampler_names(), default="newbie_midpoint",
-                               tooltip="newbie_midpoint / newbie_euler are the official solvers; the rest are ComfyUI's."),
-                io.Combo.Input("scheduler", options=scheduler_names(), default=OFFICIAL_SCHEDULER,
-                               tooltip="newbie_official: the official shifted linear grid (shift from the model, 6 by "
-                               "default; ModelSamplingAuraFlow changes it). Others: ComfyUI's schedules."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the schedule to run (below 1 for img2img on an encoded latent)."),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=sampler_names(),
+                    default="newbie_midpoint",
+                    tooltip="newbie_midpoint / newbie_euler are the official solvers; the rest are ComfyUI's.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=scheduler_names(),
+                    default=OFFICIAL_SCHEDULER,
+                    tooltip="newbie_official: the official shifted linear grid (shift from the model, 6 by "
+                    "default; ModelSamplingAuraFlow changes it). Others: ComfyUI's schedules.",
+                ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the schedule to run (below 1 for img2img on an encoded latent).",
+                ),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent (decode with VAE Decode or NewBie VAE Decode).")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, cfg_trunc, renorm, sampler_name,
-                scheduler, denoise=1.0) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        cfg_trunc,
+        renorm,
+        sampler_name,
+        scheduler,
+        denoise=1.0,
+    ) -> io.NodeOutput:
         latent = latent_image["samples"]
         if latent.ndim != 4 or latent.shape[1] != 16:
-            raise ValueError(f"NewBie Sampler needs a 16-channel latent [batch, 16, h, w]; got shape {list(latent.shape)}")
+            raise ValueError(
+                f"NewBie Sampler needs a 16-channel latent [batch, 16, h, w]; got shape {list(latent.shape)}"
+            )
         guided = with_official_guidance(model, cfg_trunc, renorm)
         sigmas = sigmas_for(guided, scheduler, steps, denoise)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(
-            guided, noise, cfg, sampler_for(sampler_name), sigmas, positive, negative, latent,
-            noise_mask=latent_image.get("noise_mask"), callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+            guided,
+            noise,
+            cfg,
+            sampler_for(sampler_name),
+            sigmas,
+            positive,
+            negative,
+            latent,
+            noise_mask=latent_image.get("noise_mask"),
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
         )
         out = dict(latent_image)
         out["samples"] = samples

@@ -28,14 +28,24 @@ def tiny_model(seed: int = 0, **overrides) -> NextDiT:
 def reference_cfg(model: NextDiT) -> dict:
     c = model.config
     return dict(
-        patch_size=c.patch_size, dim=c.dim, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, n_layers=c.n_layers,
-        n_refiner_layers=c.n_refiner_layers, norm_eps=c.norm_eps, qk_norm_eps=c.qk_norm_eps,
-        pooled_norm_eps=c.pooled_norm_eps, axes_dims=c.axes_dims, theta=c.rope_theta,
+        patch_size=c.patch_size,
+        dim=c.dim,
+        n_heads=c.n_heads,
+        n_kv_heads=c.n_kv_heads,
+        n_layers=c.n_layers,
+        n_refiner_layers=c.n_refiner_layers,
+        norm_eps=c.norm_eps,
+        qk_norm_eps=c.qk_norm_eps,
+        pooled_norm_eps=c.pooled_norm_eps,
+        axes_dims=c.axes_dims,
+        theta=c.rope_theta,
     )
 
 
 def save_checkpoint(model: NextDiT, path, prefix: str = "", dtype=None, drop=(), extra=None, metadata=None):
-    sd = {prefix + k: (v.to(dtype) if dtype else v).contiguous() for k, v in model.state_dict().items() if k not in drop}
+    sd = {
+        prefix + k: (v.to(dtype) if dtype else v).contiguous() for k, v in model.state_dict().items() if k not in drop
+    }
     sd.update(extra or {})
     save_file(sd, str(path), metadata=metadata)
     return path

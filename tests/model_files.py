@@ -45,11 +45,16 @@ def write_tiny_models(models: Path, vae_width: int = 32) -> dict:
     for k, v in vae.state_dict().items():
         if k.startswith("decoder."):
             fan = v[0].numel() if v.ndim > 1 else 1
-            sd[k] = ((1 + 0.05 * torch.randn(v.shape, generator=gen)) if "norm" in k and k.endswith("weight") else (
-                torch.randn(v.shape, generator=gen) / fan**0.5)).to(torch.bfloat16 if vae_width > 32 else torch.float32)
+            sd[k] = (
+                (1 + 0.05 * torch.randn(v.shape, generator=gen))
+                if "norm" in k and k.endswith("weight")
+                else (torch.randn(v.shape, generator=gen) / fan**0.5)
+            ).to(torch.bfloat16 if vae_width > 32 else torch.float32)
     save_file(sd, str(models / "vae" / "ae_tiny.safetensors"))
     w = dit.layers[0].attention.qkv.weight
-    lora = {"diffusion_model.layers.0.attention.qkv.lora_up.weight": torch.randn(w.shape[0], 2, generator=gen) * 0.1,
-            "diffusion_model.layers.0.attention.qkv.lora_down.weight": torch.randn(2, w.shape[1], generator=gen) * 0.1}
+    lora = {
+        "diffusion_model.layers.0.attention.qkv.lora_up.weight": torch.randn(w.shape[0], 2, generator=gen) * 0.1,
+        "diffusion_model.layers.0.attention.qkv.lora_down.weight": torch.randn(2, w.shape[1], generator=gen) * 0.1,
+    }
     save_file(lora, str(models / "loras" / "newbie_tiny_lora.safetensors"))
     return {"dit": dit, "gemma": gemma, "jina": jina}

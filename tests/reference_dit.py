@@ -75,8 +75,15 @@ def _ffn(sd, name, x):
 def _block(sd, name, x, pos, c, cfg):
     eps = cfg["norm_eps"]
     if c is None:
-        x = x + _rms(sd, name + ".attention_norm2", _attention(sd, name + ".attention", _rms(sd, name + ".attention_norm1", x, eps), pos, cfg), eps)
-        return x + _rms(sd, name + ".ffn_norm2", _ffn(sd, name + ".feed_forward", _rms(sd, name + ".ffn_norm1", x, eps)), eps)
+        x = x + _rms(
+            sd,
+            name + ".attention_norm2",
+            _attention(sd, name + ".attention", _rms(sd, name + ".attention_norm1", x, eps), pos, cfg),
+            eps,
+        )
+        return x + _rms(
+            sd, name + ".ffn_norm2", _ffn(sd, name + ".feed_forward", _rms(sd, name + ".ffn_norm1", x, eps)), eps
+        )
     mod = _lin(sd, name + ".adaLN_modulation.1", _silu(c))
     scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4)
     a = _attention(sd, name + ".attention", _rms(sd, name + ".attention_norm1", x, eps) * (1 + scale_msa), pos, cfg)
@@ -100,7 +107,11 @@ def reference_forward(sd, cfg, x, t, cap_feats, cap_mask, pooled):
         temb = torch.cat([torch.cos(args), torch.sin(args)])
         temb = _lin(sd, "t_embedder.mlp.2", _silu(_lin(sd, "t_embedder.mlp.0", temb)))
         if pooled is not None:
-            pv = _lin(sd, "clip_text_pooled_proj.1", _rms(sd, "clip_text_pooled_proj.0", pooled[b].double(), cfg["pooled_norm_eps"]))
+            pv = _lin(
+                sd,
+                "clip_text_pooled_proj.1",
+                _rms(sd, "clip_text_pooled_proj.0", pooled[b].double(), cfg["pooled_norm_eps"]),
+            )
             c = _lin(sd, "time_text_embed.1", _silu(torch.cat([temb, pv])))
         else:
             c = temb

@@ -58,7 +58,9 @@ def test_padding_content_is_ignored():
 def test_float32_forward_is_close_to_reference():
     model = tiny_model(seed=6)
     x, t, cap, pooled = inputs(model.config, batch=2, h=8, w=8, cap_len=4)
-    ref = reference_forward(model.state_dict(), reference_cfg(model), x.double(), t.double(), cap.double(), None, pooled.double())
+    ref = reference_forward(
+        model.state_dict(), reference_cfg(model), x.double(), t.double(), cap.double(), None, pooled.double()
+    )
     assert rel_err(model(x, t, cap, None, pooled), ref) <= 2e-5
 
 
@@ -110,7 +112,10 @@ def test_custom_attention_function_is_used():
 @pytest.mark.parametrize(
     "shape,message",
     [
-        ((1, 16, 7, 8), "latent size 7x8 is not divisible by the patch size 2 (image sides must be multiples of 16 pixels)"),
+        (
+            (1, 16, 7, 8),
+            "latent size 7x8 is not divisible by the patch size 2 (image sides must be multiples of 16 pixels)",
+        ),
         ((1, 4, 8, 8), "latent x has 4 channels, the model expects 16"),
         ((16, 8, 8), "latent x must be [batch, channels, height, width], got shape [16, 8, 8]"),
     ],
@@ -141,7 +146,9 @@ def test_full_config_keys_and_shapes_equal_the_released_checkpoint():
 
 
 def test_patchify_is_row_major_with_channel_fastest():
-    model = NextDiT(NEWBIE_EXP01.replace(dim=96, n_heads=1, n_kv_heads=1, n_layers=0, n_refiner_layers=0), device="meta")
+    model = NextDiT(
+        NEWBIE_EXP01.replace(dim=96, n_heads=1, n_kv_heads=1, n_layers=0, n_refiner_layers=0), device="meta"
+    )
     x = torch.arange(16 * 4 * 6, dtype=torch.float32).view(1, 16, 4, 6)
     tokens = model.patchify(x)
     assert tokens.shape == (1, 6, 64)

@@ -33,12 +33,17 @@ def test_single_file_round_trip_infers_config(model, tmp_path):
 
 
 def test_comfy_prefix_and_missing_unused_norm_final(model, tmp_path):
-    path = save_checkpoint(model, tmp_path / "m.safetensors", prefix="model.diffusion_model.", drop=("norm_final.weight",))
+    path = save_checkpoint(
+        model, tmp_path / "m.safetensors", prefix="model.diffusion_model.", drop=("norm_final.weight",)
+    )
     assert same_output(model, load_transformer(path))
 
 
 def test_full_comfy_checkpoint_loads_only_the_prefixed_dit(model, tmp_path):
-    extra = {"vae.decoder.conv_in.weight": torch.zeros(8, 16, 3, 3), "text_encoders.gemma.embed.weight": torch.zeros(4, 2)}
+    extra = {
+        "vae.decoder.conv_in.weight": torch.zeros(8, 16, 3, 3),
+        "text_encoders.gemma.embed.weight": torch.zeros(4, 2),
+    }
     path = save_checkpoint(model, tmp_path / "full.safetensors", prefix="model.diffusion_model.", extra=extra)
     assert same_output(model, load_transformer(path))
 
@@ -49,16 +54,26 @@ def test_hf_folder_sharded_with_index_and_config_json(model, tmp_path):
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     names = sorted(sd)
     half = len(names) // 2
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[:half],
-              "diffusion_pytorch_model-00002-of-00002.safetensors": names[half:]}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": names[:half],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": names[half:],
+    }
     weight_map = {}
     for shard, keys in shards.items():
         save_file({k: sd[k] for k in keys}, str(folder / shard))
         weight_map.update({k: shard for k in keys})
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (folder / "config.json").write_text(json.dumps({"_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP",
-        "patch_size": 2, "in_channels": 16, "axes_dims": list(model.config.axes_dims),
-        "axes_lens": list(model.config.axes_lens)}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP",
+                "patch_size": 2,
+                "in_channels": 16,
+                "axes_dims": list(model.config.axes_dims),
+                "axes_lens": list(model.config.axes_lens),
+            }
+        )
+    )
     loaded = load_transformer(tmp_path / "NewBie-image-Exp0.1")
     assert loaded.config == model.config
     assert same_output(model, loaded)
@@ -138,7 +153,10 @@ def test_plain_lumina2_checkpoint_is_recognised(tmp_path):
 @pytest.mark.parametrize(
     "keys,what",
     [
-        ({"model.layers.0.self_attn.q_norm.weight": [4], "model.embed_tokens.weight": [8, 4]}, "text-encoder file (Gemma)"),
+        (
+            {"model.layers.0.self_attn.q_norm.weight": [4], "model.embed_tokens.weight": [8, 4]},
+            "text-encoder file (Gemma)",
+        ),
         ({"model.encoder.layers.0.mixer.Wqkv.weight": [12, 4]}, "text-encoder file (Jina CLIP)"),
         ({"decoder.conv_in.weight": [4, 16, 3, 3], "encoder.conv_in.weight": [4, 3, 3, 3]}, "VAE file"),
     ],
@@ -153,7 +171,9 @@ def test_other_model_files_are_recognised(tmp_path, keys, what):
 def test_pickle_files_are_refused_not_unpickled(tmp_path):
     path = tmp_path / "consolidated.00-of-01.pth"
     path.write_bytes(b"\x80\x04not really a pickle")
-    with pytest.raises(CheckpointError, match=r"pickled checkpoints \(.pth\) are not loaded because unpickling can run code"):
+    with pytest.raises(
+        CheckpointError, match=r"pickled checkpoints \(.pth\) are not loaded because unpickling can run code"
+    ):
         load_transformer(path)
 
 

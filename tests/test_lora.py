@@ -10,11 +10,13 @@ from newbie_core.lora import lora_alpha_rank, lora_modules, with_alpha
 
 
 def test_modules_and_alpha_injection():
-    sd = {"base_model.model.layers.0.attention.qkv.lora_A.weight": torch.zeros(2, 4),
-          "base_model.model.layers.0.attention.qkv.lora_B.weight": torch.zeros(4, 2),
-          "lora_unet_layers_1_attention_out.lora_up.weight": torch.zeros(4, 2),
-          "lora_unet_layers_1_attention_out.lora_down.weight": torch.zeros(2, 4),
-          "lora_unet_layers_1_attention_out.alpha": torch.tensor(1.0)}
+    sd = {
+        "base_model.model.layers.0.attention.qkv.lora_A.weight": torch.zeros(2, 4),
+        "base_model.model.layers.0.attention.qkv.lora_B.weight": torch.zeros(4, 2),
+        "lora_unet_layers_1_attention_out.lora_up.weight": torch.zeros(4, 2),
+        "lora_unet_layers_1_attention_out.lora_down.weight": torch.zeros(2, 4),
+        "lora_unet_layers_1_attention_out.alpha": torch.tensor(1.0),
+    }
     assert lora_modules(sd) == {"base_model.model.layers.0.attention.qkv", "lora_unet_layers_1_attention_out"}
     out = with_alpha(sd, 16)
     assert float(out["base_model.model.layers.0.attention.qkv.alpha"]) == 16.0

@@ -16,7 +16,9 @@ import torch
 from dit_helpers import inputs, tiny_model
 
 OFFICIAL = os.environ.get("NEWBIE_OFFICIAL_PATH")
-pytestmark = pytest.mark.skipif(not OFFICIAL, reason="set NEWBIE_OFFICIAL_PATH to the official NewBie checkout to compare")
+pytestmark = pytest.mark.skipif(
+    not OFFICIAL, reason="set NEWBIE_OFFICIAL_PATH to the official NewBie checkout to compare"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,19 @@ def test_forward_is_bitwise_equal_to_official_in_fp32(official_class, h, w, cap_
     ours = tiny_model(seed=h * w)
     c = ours.config
     official = official_class(
-        patch_size=2, in_channels=16, dim=c.dim, n_layers=c.n_layers, n_refiner_layers=c.n_refiner_layers,
-        n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, multiple_of=32, qk_norm=True, cap_feat_dim=c.cap_feat_dim,
-        axes_dims=list(c.axes_dims), axes_lens=list(c.axes_lens), clip_text_dim=c.clip_text_dim,
+        patch_size=2,
+        in_channels=16,
+        dim=c.dim,
+        n_layers=c.n_layers,
+        n_refiner_layers=c.n_refiner_layers,
+        n_heads=c.n_heads,
+        n_kv_heads=c.n_kv_heads,
+        multiple_of=32,
+        qk_norm=True,
+        cap_feat_dim=c.cap_feat_dim,
+        axes_dims=list(c.axes_dims),
+        axes_lens=list(c.axes_lens),
+        clip_text_dim=c.clip_text_dim,
     ).eval()
     official.load_state_dict(ours.state_dict(), strict=True)
     x, t, cap, pooled = inputs(c, batch=3, h=h, w=w, cap_len=cap_len)

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_pack_imports_without_comfyui_and_exposes_only_the_v3_entry_point():
     comfy_loaded_before = "comfy" in sys.modules  # host tests in the same session may have loaded it
-    spec = importlib.util.spec_from_file_location("newbie_pack_plain", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        "newbie_pack_plain", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert callable(module.comfy_entrypoint)
@@ -28,10 +29,15 @@ def test_newbie_core_never_imports_comfyui():
     for path in (ROOT / "newbie_core").rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            )
             for name in names:
-                assert name.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes"), f"{path}: imports {name}"
+                assert name.split(".")[0] not in ("comfy", "comfy_api", "folder_paths", "nodes"), (
+                    f"{path}: imports {name}"
+                )
 
 
 def test_pyproject_declares_registry_floor_and_test_extra():

@@ -40,8 +40,17 @@ def test_batch_sample_zero_equals_single_run(pipe):
 
 def test_pipeline_sampling_matches_hand_written_cfg_loop(pipe):
     """Euler with CFG everywhere, rebuilt from the public pieces: the pipeline must do exactly this."""
-    s = GenerationSettings(prompt="a cat", negative_prompt="blurry", width=32, height=32, steps=3, seed=2,
-                           solver="euler", cfg=3.0, cfg_trunc=1.0)
+    s = GenerationSettings(
+        prompt="a cat",
+        negative_prompt="blurry",
+        width=32,
+        height=32,
+        steps=3,
+        seed=2,
+        solver="euler",
+        cfg=3.0,
+        cfg_trunc=1.0,
+    )
     result = pipe.generate(s)
     enc = pipe.text_encoders.encode(["a cat", "blurry"])
     x = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))
@@ -55,11 +64,14 @@ def test_pipeline_sampling_matches_hand_written_cfg_loop(pipe):
     assert torch.allclose(result.latents, x, atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(width=100), "image size 100x1024 is impossible: width and height must be positive multiples of 16"),
-    (dict(steps=0), "steps must be between 1 and 1000, got 0"),
-    (dict(solver="rk4"), "unknown solver 'rk4'; choose one of: euler, midpoint"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(width=100), "image size 100x1024 is impossible: width and height must be positive multiples of 16"),
+        (dict(steps=0), "steps must be between 1 and 1000, got 0"),
+        (dict(solver="rk4"), "unknown solver 'rk4'; choose one of: euler, midpoint"),
+    ],
+)
 def test_impossible_settings(pipe, kwargs, message):
     with pytest.raises(ConfigError) as err:
         pipe.generate(GenerationSettings(prompt="x", **kwargs))
@@ -111,14 +123,25 @@ def test_cli_prompt_file_and_impossible_size(tmp_path):
 
 
 def test_create_loop_validates_asks_and_never_overwrites(tmp_path):
-    script = "\n".join([
-        "<character_1>", "<n>a</n>", "",          # malformed: never closed -> asked again
-        "<character_1><n>a</n></character_1>", "",  # fixed
-        "my pic", "2",                            # file name, steps
-        "1girl, smile", "",                       # second prompt
-        "my pic", "",                             # same name, default steps
-        "quit",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "<character_1>",
+                "<n>a</n>",
+                "",  # malformed: never closed -> asked again
+                "<character_1><n>a</n></character_1>",
+                "",  # fixed
+                "my pic",
+                "2",  # file name, steps
+                "1girl, smile",
+                "",  # second prompt
+                "my pic",
+                "",  # same name, default steps
+                "quit",
+            ]
+        )
+        + "\n"
+    )
     code, out, _ = run(["create", "--output-dir", str(tmp_path), "--steps", "1"], stdin=script)
     assert code == 0
     assert "XML error: line 1, column 1: <character_1> is never closed" in out
@@ -139,8 +162,14 @@ def test_module_entry_point_runs(tmp_path):
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "newbie_core", "generate", "--steps", "1", "--output", str(tmp_path / "m.png")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "newbie_core", "generate", "--steps", "1", "--output", str(tmp_path / "m.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m.png").is_file()
 
@@ -155,17 +184,55 @@ def test_models_dir_loads_real_format_files(tmp_path):
     write_tiny_models(models)
     found = find_model_files(models)
     assert {k: p.name for k, p in found.items()} == {
-        "transformer": "NewBie-tiny.safetensors", "gemma": "gemma_tiny.safetensors",
-        "jina": "jina_tiny.safetensors", "vae": "ae_tiny.safetensors"}
+        "transformer": "NewBie-tiny.safetensors",
+        "gemma": "gemma_tiny.safetensors",
+        "jina": "jina_tiny.safetensors",
+        "vae": "ae_tiny.safetensors",
+    }
     out = tmp_path / "real.png"
-    code, stdout, err = run(["generate", "--models-dir", str(models), "--prompt", "1girl, smile", "--steps", "2",
-                             "--width", "32", "--height", "32", "--output", str(out), "--device", "cpu"])
+    code, stdout, err = run(
+        [
+            "generate",
+            "--models-dir",
+            str(models),
+            "--prompt",
+            "1girl, smile",
+            "--steps",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, err
     assert Image.open(out).size == (32, 32)
     assert json.loads(Image.open(out).info["newbie"])["model"] == "NewBie-image-Exp0.1"
     out2 = tmp_path / "low.png"
-    code, _, err = run(["generate", "--models-dir", str(models), "--prompt", "1girl, smile", "--steps", "2", "--low-vram",
-                        "--width", "32", "--height", "32", "--output", str(out2), "--device", "cpu"])
+    code, _, err = run(
+        [
+            "generate",
+            "--models-dir",
+            str(models),
+            "--prompt",
+            "1girl, smile",
+            "--steps",
+            "2",
+            "--low-vram",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--output",
+            str(out2),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, err
     assert Image.open(out2).tobytes() == Image.open(out).tobytes()  # offloading changes nothing but memory
 
@@ -173,5 +240,7 @@ def test_models_dir_loads_real_format_files(tmp_path):
 def test_models_dir_names_what_is_missing(tmp_path):
     code, _, err = run(["generate", "--models-dir", str(tmp_path), "--output", str(tmp_path / "x.png")])
     assert code == 2
-    assert err.strip() == (f"error: {tmp_path}: could not find NewBie diffusion model, Gemma3-4B-it text encoder, "
-                           "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors)")
+    assert err.strip() == (
+        f"error: {tmp_path}: could not find NewBie diffusion model, Gemma3-4B-it text encoder, "
+        "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors)"
+    )

@@ -89,11 +89,20 @@ def test_noise_is_batch_stable_and_seeded():
     assert not torch.equal(sampling.initial_noise(1, 64, 32, seed=8), one)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: sampling.initial_noise(1, 100, 64, 0), "image size 64x100 is impossible: width and height must be positive multiples of 16"),
-    (lambda: sampling.time_grid(0), "steps must be at least 1, got 0"),
-    (lambda: sampling.integrate(lambda x, t: x, torch.zeros(1), torch.tensor([0.0, 1.0]), "rk45"), "unknown solver 'rk45'; choose one of: euler, midpoint"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda: sampling.initial_noise(1, 100, 64, 0),
+            "image size 64x100 is impossible: width and height must be positive multiples of 16",
+        ),
+        (lambda: sampling.time_grid(0), "steps must be at least 1, got 0"),
+        (
+            lambda: sampling.integrate(lambda x, t: x, torch.zeros(1), torch.tensor([0.0, 1.0]), "rk45"),
+            "unknown solver 'rk45'; choose one of: euler, midpoint",
+        ),
+    ],
+)
 def test_bad_settings(call, message):
     with pytest.raises(ConfigError) as err:
         call()

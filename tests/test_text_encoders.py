@@ -67,7 +67,10 @@ def test_gemma_truncates_at_512_tokens_with_warning(encoders):
     prompt = " ".join(f"tag{i}" for i in range(200))
     n = len(encoders.gemma_tokenizer.encode(prompt))
     assert n > 512
-    with pytest.warns(UserWarning, match=rf"Gemma prompt 1 is {n} tokens; training used at most 512, so the last {n - 512} tokens were dropped"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"Gemma prompt 1 is {n} tokens; training used at most 512, so the last {n - 512} tokens were dropped",
+    ):
         out = encoders.encode(prompt, system_prompt="none")
     assert int(out.mask[0].sum()) == 512
     assert out.dropped_tokens == [n - 512]
@@ -160,10 +163,16 @@ def test_jina_lora_adapter_of_retrieval_query_is_merged(files, blobs, tmp_path):
             stem = key.replace(".weight", ".parametrizations.weight")
             sd[stem + ".original"] = w
             if "embeddings" in name:
-                a, b = torch.randn(tasks, w.shape[0], rank, generator=gen), torch.randn(tasks, rank, w.shape[1], generator=gen)
+                a, b = (
+                    torch.randn(tasks, w.shape[0], rank, generator=gen),
+                    torch.randn(tasks, rank, w.shape[1], generator=gen),
+                )
                 delta = a[0] @ b[0]
             else:
-                a, b = torch.randn(tasks, rank, w.shape[1], generator=gen), torch.randn(tasks, w.shape[0], rank, generator=gen)
+                a, b = (
+                    torch.randn(tasks, rank, w.shape[1], generator=gen),
+                    torch.randn(tasks, w.shape[0], rank, generator=gen),
+                )
                 delta = b[0] @ a[0]
             sd[stem + ".0.lora_A"], sd[stem + ".0.lora_B"] = a * 0.1, b * 0.1
             merged[name] = w + delta * 0.01 * (4.0 / rank)
@@ -208,9 +217,13 @@ def test_presets():
     assert system_prompt_for("1girl, smile") == SYSTEM_PROMPTS["tags"]
     assert system_prompt_for("<caption>x</caption>") == SYSTEM_PROMPTS["xml"]
     assert system_prompt_for("", "negative") == ""  # empty prompts get no system prompt (as in training)
-    assert system_prompt_for("blurry", "negative").endswith("low-quality images based on textual prompts. <Prompt Start> ")
+    assert system_prompt_for("blurry", "negative").endswith(
+        "low-quality images based on textual prompts. <Prompt Start> "
+    )
     assert system_prompt_for("x", "custom", "Be nice.") == "Be nice. "
-    with pytest.raises(ValueError, match="unknown system prompt preset 'fancy'; choose one of: auto, xml, tags, negative, none, custom"):
+    with pytest.raises(
+        ValueError, match="unknown system prompt preset 'fancy'; choose one of: auto, xml, tags, negative, none, custom"
+    ):
         system_prompt_for("x", "fancy")
 
 
@@ -230,7 +243,10 @@ def test_batches_match_single_prompts_and_are_deterministic(encoders):
 
 
 def test_swapped_files_are_named(files):
-    with pytest.raises(CheckpointError, match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it looks like the Jina CLIP file; the two inputs are swapped\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it looks like the Jina CLIP file; the two inputs are swapped\)",
+    ):
         load_text_encoders(files["jina"], files["gemma"])
 
 

@@ -118,8 +118,14 @@ def to_diffusers(sd, n_levels):
         d = re.sub(r"^(\w+)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0.", d)
         d = re.sub(r"^encoder\.down\.(\d)\.block\.", r"encoder.down_blocks.\1.resnets.", d)
         d = re.sub(r"^encoder\.down\.(\d)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", d)
-        d = re.sub(r"^decoder\.up\.(\d)\.block\.", lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m.group(1))}.resnets.", d)
-        d = re.sub(r"^decoder\.up\.(\d)\.upsample\.", lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m.group(1))}.upsamplers.0.", d)
+        d = re.sub(
+            r"^decoder\.up\.(\d)\.block\.", lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m.group(1))}.resnets.", d
+        )
+        d = re.sub(
+            r"^decoder\.up\.(\d)\.upsample\.",
+            lambda m: f"decoder.up_blocks.{n_levels - 1 - int(m.group(1))}.upsamplers.0.",
+            d,
+        )
         if "attentions" in d and d.endswith("weight") and "group_norm" not in d:
             v = v[:, :, 0, 0]
         out[d] = v.contiguous()
@@ -148,5 +154,7 @@ def test_wrong_vae_is_rejected(tmp_path):
         load_vae(path)
     other = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(1)}, str(other))
-    with pytest.raises(CheckpointError, match=r"not a VAE file \(no 'decoder.conv_in.weight'; first keys: foo.weight\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not a VAE file \(no 'decoder.conv_in.weight'; first keys: foo.weight\)"
+    ):
         load_vae(other)

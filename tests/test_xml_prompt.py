@@ -51,8 +51,12 @@ def test_model_card_example_parses_completely():
     assert p.is_xml and p.warnings == []
     assert [c.index for c in p.characters] == [1, 2]
     assert p.characters[0].fields["clothing"] == "school_uniform, serafuku"
-    assert p.characters[1].fields == {"n": "$character_2$", "gender": "1girl",
-                                      "appearance": "chibi, red_eyes, pink_hair", "position": "center_right"}
+    assert p.characters[1].fields == {
+        "n": "$character_2$",
+        "gender": "1girl",
+        "appearance": "chibi, red_eyes, pink_hair",
+        "position": "center_right",
+    }
     assert p.general_tags["count"] == "2girls, multiple_girls"
 
 
@@ -99,17 +103,65 @@ def test_entities_and_escapes_decode():
     "text,message,line,column,tag",
     [
         ("<character_1>\n<n>a</n>\n", "<character_1> is never closed", 1, 1, "character_1"),
-        ("<character_1>\n<gender>1girl</appearance>\n</character_1>", "</appearance> closes <gender>, which was opened at line 2, column 1", 2, 14, "appearance"),
+        (
+            "<character_1>\n<gender>1girl</appearance>\n</character_1>",
+            "</appearance> closes <gender>, which was opened at line 2, column 1",
+            2,
+            14,
+            "appearance",
+        ),
         ("<caption>x</caption>\n</general_tags>", "</general_tags> has no matching opening tag", 2, 1, "general_tags"),
-        ("masterpiece\n<character_1><n>a</n></character_1>", "stray text 'masterpiece' outside any tag; put it inside a tag such as <caption>", 1, 1, None),
-        ("<character_1>\n  smiling\n</character_1>", "stray text 'smiling' inside <character_1>; put it inside a tag such as <gender>", 2, 3, None),
-        ("<character_1></character_1>\n<character_1></character_1>", "<character_1> appears twice (first at line 1, column 1)", 2, 1, "character_1"),
-        ("<character_1><n>a</n><n>b</n></character_1>", "<n> appears twice in <character_1> (first at line 1, column 14)", 1, 22, "n"),
+        (
+            "masterpiece\n<character_1><n>a</n></character_1>",
+            "stray text 'masterpiece' outside any tag; put it inside a tag such as <caption>",
+            1,
+            1,
+            None,
+        ),
+        (
+            "<character_1>\n  smiling\n</character_1>",
+            "stray text 'smiling' inside <character_1>; put it inside a tag such as <gender>",
+            2,
+            3,
+            None,
+        ),
+        (
+            "<character_1></character_1>\n<character_1></character_1>",
+            "<character_1> appears twice (first at line 1, column 1)",
+            2,
+            1,
+            "character_1",
+        ),
+        (
+            "<character_1><n>a</n><n>b</n></character_1>",
+            "<n> appears twice in <character_1> (first at line 1, column 14)",
+            1,
+            22,
+            "n",
+        ),
         ("<character_1><gender><b>x</b></gender></character_1>", "<b> cannot be nested inside <gender>", 1, 22, "b"),
         ("<character_0></character_0>", "character blocks are numbered from 1: <character_0>", 1, 1, "character_0"),
-        ('<character_1 id="1"></character_1>', "<character_1> has attributes or stray characters; NewBie prompts use plain <tag>value</tag>", 1, 1, "character_1"),
-        ("<caption>&nbsp;</caption>", "unknown entity &nbsp; (only &amp; &lt; &gt; &quot; &apos; and numeric references are allowed)", 1, 10, None),
-        ("<caption>x</caption>\n<caption>y</caption>", "<caption> appears twice at the top level (first at line 1, column 1)", 2, 1, "caption"),
+        (
+            '<character_1 id="1"></character_1>',
+            "<character_1> has attributes or stray characters; NewBie prompts use plain <tag>value</tag>",
+            1,
+            1,
+            "character_1",
+        ),
+        (
+            "<caption>&nbsp;</caption>",
+            "unknown entity &nbsp; (only &amp; &lt; &gt; &quot; &apos; and numeric references are allowed)",
+            1,
+            10,
+            None,
+        ),
+        (
+            "<caption>x</caption>\n<caption>y</caption>",
+            "<caption> appears twice at the top level (first at line 1, column 1)",
+            2,
+            1,
+            "caption",
+        ),
         ("<general_tags>\n<count>1girl</count>\n<count", "tag <count is not finished (missing '>')", 3, 1, "count"),
     ],
 )
@@ -147,7 +199,9 @@ def test_invalid_utf8_bytes_are_positioned():
 
 
 def test_size_limit_message():
-    with pytest.raises(XMLPromptError, match=f"prompt is {MAX_PROMPT_CHARS + 1} characters long; the limit is {MAX_PROMPT_CHARS}"):
+    with pytest.raises(
+        XMLPromptError, match=f"prompt is {MAX_PROMPT_CHARS + 1} characters long; the limit is {MAX_PROMPT_CHARS}"
+    ):
         parse("x" * (MAX_PROMPT_CHARS + 1))
 
 
@@ -163,10 +217,16 @@ def test_normalize_tags():
 
 
 def test_builder_skips_empty_fields_but_keeps_name_and_normalises():
-    text = build(characters=[{"gender": "1girl", "appearance": "long hair", "clothing": " "}],
-                 general_tags={"count": "1girl, solo", "style": ""}, caption="A quiet street.", normalize=True)
-    assert text == ("<caption>A quiet street.</caption>\n\n<character_1>\n<n></n>\n<gender>1girl</gender>\n"
-                    "<appearance>long_hair</appearance>\n</character_1>\n\n<general_tags>\n<count>1girl, solo</count>\n</general_tags>")
+    text = build(
+        characters=[{"gender": "1girl", "appearance": "long hair", "clothing": " "}],
+        general_tags={"count": "1girl, solo", "style": ""},
+        caption="A quiet street.",
+        normalize=True,
+    )
+    assert text == (
+        "<caption>A quiet street.</caption>\n\n<character_1>\n<n></n>\n<gender>1girl</gender>\n"
+        "<appearance>long_hair</appearance>\n</character_1>\n\n<general_tags>\n<count>1girl, solo</count>\n</general_tags>"
+    )
 
 
 def test_pretty_indents():
@@ -193,7 +253,9 @@ def test_build_then_parse_is_identity(characters, general, caption):
     parsed = parse(text) if text else StructuredPrompt(plain="")
     if not text:
         return
-    expected_chars = [Character(i + 1, {"n": "", **{k: v for k, v in c.items() if v}}) for i, c in enumerate(characters)]
+    expected_chars = [
+        Character(i + 1, {"n": "", **{k: v for k, v in c.items() if v}}) for i, c in enumerate(characters)
+    ]
     assert parsed.characters == expected_chars
     assert parsed.general_tags == {k: v for k, v in general.items() if v}
     assert parsed.caption == (caption if caption else None)

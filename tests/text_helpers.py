@@ -23,9 +23,18 @@ def train_spm(bos: int, eos: int, pad: int, unk: int, vocab_size: int = 360) -> 
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        bos_id=bos, eos_id=eos, pad_id=pad, unk_id=unk, character_coverage=1.0, byte_fallback=True,
-        num_threads=1, minloglevel=2,
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        bos_id=bos,
+        eos_id=eos,
+        pad_id=pad,
+        unk_id=unk,
+        character_coverage=1.0,
+        byte_fallback=True,
+        num_threads=1,
+        minloglevel=2,
     )
     return buf.getvalue()
 
@@ -42,9 +51,19 @@ def tiny_gemma_config(vocab: int, layers: int = 4):
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=1024, rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=1024,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
         max_position_embeddings=4096,
     )
 
@@ -78,7 +97,9 @@ save_gemma_comfy = save_jina_comfy = save_comfy_text_encoder
 
 def tiny_jina(vocab: int, seed: int = 0) -> JinaTextModel:
     gen = torch.Generator().manual_seed(seed)
-    model = JinaTextModel(JinaTextConfig(vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=96))
+    model = JinaTextModel(
+        JinaTextConfig(vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=96)
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             scale = 0.1 if "norm" in name or "emb_ln" in name else 0.3

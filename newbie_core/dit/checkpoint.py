@@ -68,7 +68,9 @@ def describe_foreign_checkpoint(keys: set[str], shapes: dict[str, tuple]) -> str
     if any(k.startswith("model.layers.0.self_attn.") or k == "model.embed_tokens.weight" for k in keys) or any(
         k.startswith("language_model.") for k in keys
     ):
-        return "this is a text-encoder file (Gemma), not the NewBie diffusion transformer; put it in models/text_encoders"
+        return (
+            "this is a text-encoder file (Gemma), not the NewBie diffusion transformer; put it in models/text_encoders"
+        )
     if any(".mixer.Wqkv." in k for k in keys) or any(k.startswith("text_model.") for k in keys):
         return "this is a text-encoder file (Jina CLIP), not the NewBie diffusion transformer; put it in models/text_encoders"
     if any(k.startswith(("decoder.conv_in", "encoder.conv_in", "vae.", "first_stage_model.")) for k in keys):
@@ -181,7 +183,7 @@ def open_transformer_checkpoint(path, config: NextDiTConfig | None = None):
     reader = TensorReader.open(files)
     prefix = detect_prefix(reader.tensors)
     # with a prefix (a full ComfyUI checkpoint) the VAE/text-encoder keys beside the DiT are not ours to check
-    shapes = {k[len(prefix):]: info.shape for k, info in reader.tensors.items() if k.startswith(prefix)}
+    shapes = {k[len(prefix) :]: info.shape for k, info in reader.tensors.items() if k.startswith(prefix)}
     keys = set(shapes)
     where = files[0] if len(files) == 1 else files[0].parent
     foreign = describe_foreign_checkpoint(keys, shapes)

@@ -48,7 +48,9 @@ class NextDiTConfig:
         if self.dim % self.n_heads:
             problems.append(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         elif sum(self.axes_dims) != self.head_dim:
-            problems.append(f"axes_dims {list(self.axes_dims)} sum to {sum(self.axes_dims)}, not head_dim {self.head_dim}")
+            problems.append(
+                f"axes_dims {list(self.axes_dims)} sum to {sum(self.axes_dims)}, not head_dim {self.head_dim}"
+            )
         if any(d % 2 for d in self.axes_dims):
             problems.append(f"axes_dims {list(self.axes_dims)} must all be even")
         if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:

@@ -45,7 +45,9 @@ class NextDiT(nn.Module):
             )
             self.time_text_embed = nn.Sequential(
                 nn.SiLU(),
-                operations.Linear(cfg.adaln_dim + cfg.clip_text_dim, cfg.adaln_dim, bias=True, device=device, dtype=dtype),
+                operations.Linear(
+                    cfg.adaln_dim + cfg.clip_text_dim, cfg.adaln_dim, bias=True, device=device, dtype=dtype
+                ),
             )
         self.noise_refiner = nn.ModuleList(
             JointTransformerBlock(cfg, modulation=True, **ops) for _ in range(cfg.n_refiner_layers)
@@ -73,11 +75,11 @@ class NextDiT(nn.Module):
                 f"(image sides must be multiples of {8 * p} pixels)"
             )
         if cap_feats.ndim != 3 or cap_feats.shape[0] != b or cap_feats.shape[2] != cfg.cap_feat_dim:
-            raise ValueError(
-                f"cap_feats must be [{b}, tokens, {cfg.cap_feat_dim}], got shape {list(cap_feats.shape)}"
-            )
+            raise ValueError(f"cap_feats must be [{b}, tokens, {cfg.cap_feat_dim}], got shape {list(cap_feats.shape)}")
         if cap_mask is not None and tuple(cap_mask.shape) != tuple(cap_feats.shape[:2]):
-            raise ValueError(f"cap_mask shape {list(cap_mask.shape)} does not match cap_feats {list(cap_feats.shape[:2])}")
+            raise ValueError(
+                f"cap_mask shape {list(cap_mask.shape)} does not match cap_feats {list(cap_feats.shape[:2])}"
+            )
         if clip_text_pooled is not None:
             if cfg.clip_text_dim is None:
                 raise ValueError("this model has no pooled-text input (clip_text_dim is None)")

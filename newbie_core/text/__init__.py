@@ -147,7 +147,9 @@ class TextEncoders:
             prompts = [prompts]
         if not prompts:
             raise ValueError("no prompts to encode")
-        gemma_rows, dropped = self.gemma_ids([gemma_text(p, system_prompt, custom_system_prompt) for p in prompts], limit_tokens)
+        gemma_rows, dropped = self.gemma_ids(
+            [gemma_text(p, system_prompt, custom_system_prompt) for p in prompts], limit_tokens
+        )
         out = self.encode_ids(gemma_rows, self.jina_ids(list(prompts), limit_tokens))
         out.dropped_tokens = dropped
         return out

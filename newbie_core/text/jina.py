@@ -47,7 +47,9 @@ class _Embeddings(nn.Module):
     def __init__(self, cfg: JinaTextConfig, operations, device, dtype):
         super().__init__()
         self.word_embeddings = operations.Embedding(cfg.vocab_size, cfg.hidden_size, device=device, dtype=dtype)
-        self.token_type_embeddings = operations.Embedding(cfg.type_vocab_size, cfg.hidden_size, device=device, dtype=dtype)
+        self.token_type_embeddings = operations.Embedding(
+            cfg.type_vocab_size, cfg.hidden_size, device=device, dtype=dtype
+        )
 
 
 class _Mixer(nn.Module):
@@ -133,7 +135,10 @@ _PREFIXES = ("model.", "text_model.transformer.", "transformer.", "roberta.", ""
 
 def _prefix(keys) -> str:
     for p in _PREFIXES:
-        for suffix in ("embeddings.word_embeddings.weight", "embeddings.word_embeddings.parametrizations.weight.original"):
+        for suffix in (
+            "embeddings.word_embeddings.weight",
+            "embeddings.word_embeddings.parametrizations.weight.original",
+        ):
             if p + suffix in keys:
                 return p
     raise CheckpointError("no 'embeddings.word_embeddings.weight' key: this is not a Jina CLIP v2 text file")
@@ -152,7 +157,9 @@ def _lora_settings(folder: Path) -> tuple[list[str], float]:
     return tasks, alpha
 
 
-def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = DEFAULT_TASK) -> tuple[JinaTextModel, Tokenizer, dict]:
+def load_jina(
+    path, dtype: torch.dtype | None = None, device="cpu", task: str = DEFAULT_TASK
+) -> tuple[JinaTextModel, Tokenizer, dict]:
     """Jina text tower + tokenizer. Returns ``(model, tokenizer, info)``; ``info['lora']`` says what was merged."""
     path = Path(path)
     files, folder = weight_files(path)
@@ -161,9 +168,11 @@ def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = 
     try:
         prefix = _prefix(reader.tensors)
     except CheckpointError as exc:
-        hint = " (it looks like the Gemma file; the two inputs are swapped)" if any(
-            "self_attn.q_norm" in k for k in reader.tensors
-        ) else ""
+        hint = (
+            " (it looks like the Gemma file; the two inputs are swapped)"
+            if any("self_attn.q_norm" in k for k in reader.tensors)
+            else ""
+        )
         raise CheckpointError(f"{where}: {exc}{hint}") from None
 
     def base_key(name: str) -> str:
@@ -196,7 +205,9 @@ def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = 
     for name, meta in model.state_dict().items():
         key = base_key(name)
         if tuple(shapes[key]) != tuple(meta.shape):
-            raise CheckpointError(f"{where}: Jina key {key!r} has shape {list(shapes[key])}, expected {list(meta.shape)}")
+            raise CheckpointError(
+                f"{where}: Jina key {key!r} has shape {list(shapes[key])}, expected {list(meta.shape)}"
+            )
         stored = reader.get(key)
         tensor = stored.float()
         lora_a = key.replace(".original", ".0.lora_A")
@@ -213,13 +224,17 @@ def load_jina(path, dtype: torch.dtype | None = None, device="cpu", task: str = 
     tokenizer = None
     if "spiece_model" in reader.tensors:
         blob = reader.get("spiece_model").numpy().tobytes()
-        tokenizer = SentencePieceTokenizer(blob, add_bos=True, add_eos=True, pad_id=config.pad_token_id, source=f"{where} (spiece_model)")
+        tokenizer = SentencePieceTokenizer(
+            blob, add_bos=True, add_eos=True, pad_id=config.pad_token_id, source=f"{where} (spiece_model)"
+        )
     else:
         tokenizer = tokenizer_from_folder(folder, False, False, ("<s>", "</s>", "<pad>"))
         if tokenizer is not None:
             tokenizer.add_bos = tokenizer.add_eos = True
     reader.close()
     if tokenizer is None:
-        raise CheckpointError(f"{where}: no Jina tokenizer found (no embedded 'spiece_model' and no tokenizer.json beside it)")
+        raise CheckpointError(
+            f"{where}: no Jina tokenizer found (no embedded 'spiece_model' and no tokenizer.json beside it)"
+        )
     info = {"lora": f"merged {task} adapter into {merged} tensors (alpha {alpha})" if merged else "none in file"}
     return model.eval().requires_grad_(False), tokenizer, info

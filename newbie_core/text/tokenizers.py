@@ -37,7 +37,9 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    def __init__(self, proto: bytes, add_bos: bool, add_eos: bool, pad_id: int | None = None, source: str = "tokenizer"):
+    def __init__(
+        self, proto: bytes, add_bos: bool, add_eos: bool, pad_id: int | None = None, source: str = "tokenizer"
+    ):
         import sentencepiece
 
         self.source = source

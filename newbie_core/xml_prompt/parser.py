@@ -77,7 +77,9 @@ def decode(data: str | bytes) -> str:
         except UnicodeDecodeError as exc:
             prefix = data[: exc.start].decode("utf-8", errors="replace")
             line, col = Positions(prefix)(len(prefix))
-            raise XMLPromptError(f"invalid UTF-8 byte 0x{data[exc.start]:02x} (byte offset {exc.start})", line, col) from None
+            raise XMLPromptError(
+                f"invalid UTF-8 byte 0x{data[exc.start]:02x} (byte offset {exc.start})", line, col
+            ) from None
     elif isinstance(data, str):
         text = data
     else:
@@ -136,7 +138,9 @@ def parse_tree(text: str) -> list:
             elif ref in _PREDEFINED:
                 add_text(_PREDEFINED[ref], i)
             else:
-                fail(f"unknown entity &{ref}; (only &amp; &lt; &gt; &quot; &apos; and numeric references are allowed)", i)
+                fail(
+                    f"unknown entity &{ref}; (only &amp; &lt; &gt; &quot; &apos; and numeric references are allowed)", i
+                )
             i = m.end()
             continue
         if ch != "<":

@@ -142,7 +142,9 @@ class _Reader:
                 inner = el.elements()[0]
                 self.fail(f"<{inner.tag}> cannot be nested inside <{el.tag}>", inner.start, inner.tag)
             if el.tag not in known:
-                self.warn(f"unknown tag <{el.tag}> in <{block.tag}> (kept; the model was not trained on it)", el.start, el.tag)
+                self.warn(
+                    f"unknown tag <{el.tag}> in <{block.tag}> (kept; the model was not trained on it)", el.start, el.tag
+                )
             out[el.tag] = el.text().strip()
         return out
 

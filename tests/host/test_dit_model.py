@@ -65,10 +65,14 @@ def test_stock_sampler_runs_with_core_style_conditioning(node_classes, tiny_ckpt
     negative = conditioning(cfg, 3, seed=2, with_mask=False)  # core omits all-ones masks
     latent = torch.zeros(1, 16, 8, 8)
     noise = comfy.sample.prepare_noise(latent, 42)
-    out = comfy.sample.sample(patcher, noise, 3, 4.0, "euler", "simple", positive, negative, latent, denoise=1.0, seed=42)
+    out = comfy.sample.sample(
+        patcher, noise, 3, 4.0, "euler", "simple", positive, negative, latent, denoise=1.0, seed=42
+    )
     assert out.shape == (1, 16, 8, 8)
     assert torch.isfinite(out).all()
-    again = comfy.sample.sample(patcher, noise, 3, 4.0, "euler", "simple", positive, negative, latent, denoise=1.0, seed=42)
+    again = comfy.sample.sample(
+        patcher, noise, 3, 4.0, "euler", "simple", positive, negative, latent, denoise=1.0, seed=42
+    )
     assert torch.equal(out, again)
 
 
@@ -80,16 +84,25 @@ def test_cond_and_uncond_of_different_lengths_batch_exactly(node_classes, tiny_c
     sigma = torch.tensor([0.6])
     model_conds = []
     for length, seed in ((6, 3), (2, 4)):
-        (cond, extras), = conditioning(cfg, length, seed)
+        ((cond, extras),) = conditioning(cfg, length, seed)
         model_conds.append(patcher.model.extra_conds(cross_attn=cond, **extras))
     assert model_conds[0]["c_crossattn"].can_concat(model_conds[1]["c_crossattn"])
     batched = {k: model_conds[0][k].concat([model_conds[1][k]]) for k in ("c_crossattn", "attention_mask")}
     pooled = torch.cat([model_conds[0]["clip_text_pooled"].cond, model_conds[1]["clip_text_pooled"].cond])
-    both = patcher.model.apply_model(x.repeat(2, 1, 1, 1), sigma.repeat(2), c_crossattn=batched["c_crossattn"],
-                                     attention_mask=batched["attention_mask"], clip_text_pooled=pooled)
+    both = patcher.model.apply_model(
+        x.repeat(2, 1, 1, 1),
+        sigma.repeat(2),
+        c_crossattn=batched["c_crossattn"],
+        attention_mask=batched["attention_mask"],
+        clip_text_pooled=pooled,
+    )
     for i in range(2):
-        alone = patcher.model.apply_model(x, sigma, c_crossattn=model_conds[i]["c_crossattn"].cond,
-                                          clip_text_pooled=model_conds[i]["clip_text_pooled"].cond)
+        alone = patcher.model.apply_model(
+            x,
+            sigma,
+            c_crossattn=model_conds[i]["c_crossattn"].cond,
+            clip_text_pooled=model_conds[i]["clip_text_pooled"].cond,
+        )
         assert torch.allclose(both[i : i + 1], alone, atol=1e-5)
 
 
@@ -99,8 +112,10 @@ def test_stock_lora_loader_patches_our_weights(node_classes, tiny_ckpt, comfy):
     patcher = load(node_classes)
     w = tiny_ckpt.layers[0].attention.qkv.weight
     up, down = torch.randn(w.shape[0], 2) * 0.1, torch.randn(2, w.shape[1]) * 0.1
-    lora = {"diffusion_model.layers.0.attention.qkv.lora_up.weight": up,
-            "diffusion_model.layers.0.attention.qkv.lora_down.weight": down}
+    lora = {
+        "diffusion_model.layers.0.attention.qkv.lora_up.weight": up,
+        "diffusion_model.layers.0.attention.qkv.lora_down.weight": down,
+    }
     patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 0.5, 0)
     import comfy.model_management as mm
 
@@ -121,10 +136,22 @@ def test_matches_core_nextdit_on_identical_weights(node_classes, tiny_ckpt, comf
         pytest.skip("this ComfyUI predates core's NewBie support (its NextDiT has no clip_text_dim)")
     cfg = tiny_ckpt.config
     core = CoreNextDiT(
-        patch_size=2, in_channels=16, dim=cfg.dim, n_layers=cfg.n_layers, n_refiner_layers=cfg.n_refiner_layers,
-        n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, ffn_dim_multiplier=4.0, multiple_of=32,
-        norm_eps=cfg.norm_eps, qk_norm=True, cap_feat_dim=cfg.cap_feat_dim, axes_dims=list(cfg.axes_dims),
-        axes_lens=[1024, 512, 512], clip_text_dim=cfg.clip_text_dim, operations=comfy.ops.disable_weight_init,
+        patch_size=2,
+        in_channels=16,
+        dim=cfg.dim,
+        n_layers=cfg.n_layers,
+        n_refiner_layers=cfg.n_refiner_layers,
+        n_heads=cfg.n_heads,
+        n_kv_heads=cfg.n_kv_heads,
+        ffn_dim_multiplier=4.0,
+        multiple_of=32,
+        norm_eps=cfg.norm_eps,
+        qk_norm=True,
+        cap_feat_dim=cfg.cap_feat_dim,
+        axes_dims=list(cfg.axes_dims),
+        axes_lens=[1024, 512, 512],
+        clip_text_dim=cfg.clip_text_dim,
+        operations=comfy.ops.disable_weight_init,
         dtype=torch.float32,
     )
     missing, unexpected = core.load_state_dict(tiny_ckpt.state_dict(), strict=False)

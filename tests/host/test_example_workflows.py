@@ -45,11 +45,13 @@ def server(tmp_path_factory):
     models = base / "models"
     write_tiny_models(models, vae_width=stock_vae_width())
     # the workflows name the released files; the tiny ones stand in for them
-    renames = {"diffusion_models/NewBie-tiny.safetensors": "diffusion_models/NewBie-Image-Exp0.1-bf16.safetensors",
-               "text_encoders/gemma_tiny.safetensors": "text_encoders/gemma_3_4b_it_bf16.safetensors",
-               "text_encoders/jina_tiny.safetensors": "text_encoders/jina_clip_v2_bf16.safetensors",
-               "vae/ae_tiny.safetensors": "vae/ae.safetensors",
-               "loras/newbie_tiny_lora.safetensors": "loras/newbie_style_lora.safetensors"}
+    renames = {
+        "diffusion_models/NewBie-tiny.safetensors": "diffusion_models/NewBie-Image-Exp0.1-bf16.safetensors",
+        "text_encoders/gemma_tiny.safetensors": "text_encoders/gemma_3_4b_it_bf16.safetensors",
+        "text_encoders/jina_tiny.safetensors": "text_encoders/jina_clip_v2_bf16.safetensors",
+        "vae/ae_tiny.safetensors": "vae/ae.safetensors",
+        "loras/newbie_tiny_lora.safetensors": "loras/newbie_style_lora.safetensors",
+    }
     for a, b in renames.items():
         (models / a).rename(models / b)
     (base / "custom_nodes").mkdir()
@@ -57,12 +59,20 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(base / "server.log", "w")  # noqa: SIM115
     env = {**os.environ, "PYTHONPATH": ""}
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base)]
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+    ]
     if "--database-url" in (Path(COMFYUI_PATH) / "comfy" / "cli_args.py").read_text():
         cmd += ["--database-url", "sqlite:///:memory:"]  # newer cores keep a database; keep it out of the checkout
-    proc = subprocess.Popen(
-        cmd,
-        cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -128,8 +138,10 @@ def run_prompt(server, prompt, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
         hist = _get(server["url"] + f"/history/{pid}")
-        if pid in hist and hist[pid].get("status", {}).get("completed") is not None or (
-            pid in hist and hist[pid].get("status", {}).get("status_str") == "error"
+        if (
+            pid in hist
+            and hist[pid].get("status", {}).get("completed") is not None
+            or (pid in hist and hist[pid].get("status", {}).get("status_str") == "error")
         ):
             return hist[pid]
         time.sleep(0.5)

@@ -10,9 +10,18 @@ from newbie_core.text import SYSTEM_PROMPTS
 from newbie_core.xml_prompt import parse
 
 EXPECTED_IDS = {
-    "NewBieDiTLoader", "NewBieTextEncoderLoader", "NewBieTextEncode", "NewBieXMLPrompt", "NewBieCharacter",
-    "NewBieGeneralTags", "NewBieXMLAssemble", "NewBieSampler", "NewBieOfficialCFG", "NewBieEmptyLatent",
-    "NewBieVAEDecode", "NewBieLoRA",
+    "NewBieDiTLoader",
+    "NewBieTextEncoderLoader",
+    "NewBieTextEncode",
+    "NewBieXMLPrompt",
+    "NewBieCharacter",
+    "NewBieGeneralTags",
+    "NewBieXMLAssemble",
+    "NewBieSampler",
+    "NewBieOfficialCFG",
+    "NewBieEmptyLatent",
+    "NewBieVAEDecode",
+    "NewBieLoRA",
 }
 
 
@@ -31,7 +40,11 @@ def test_node_ids_are_stable_and_every_input_has_a_tooltip(node_classes):
 
 
 def _clip(node_classes):
-    return node_classes["NewBieTextEncoderLoader"].execute("gemma_tiny.safetensors", "jina_tiny.safetensors", "fp32", "cpu").result[0]
+    return (
+        node_classes["NewBieTextEncoderLoader"]
+        .execute("gemma_tiny.safetensors", "jina_tiny.safetensors", "fp32", "cpu")
+        .result[0]
+    )
 
 
 def test_encode_node_applies_training_split(node_classes, tiny):
@@ -41,9 +54,11 @@ def test_encode_node_applies_training_split(node_classes, tiny):
 
     clip = _clip(node_classes)
     prompt = "<character_1><n>rem</n><gender>1girl</gender></character_1>"
-    (cond, extras), = node_classes["NewBieTextEncode"].execute(clip, prompt, "auto", "").result[0]
-    ref = load_text_encoders(folder_paths.get_full_path("text_encoders", "gemma_tiny.safetensors"),
-                             folder_paths.get_full_path("text_encoders", "jina_tiny.safetensors")).encode(prompt)
+    ((cond, extras),) = node_classes["NewBieTextEncode"].execute(clip, prompt, "auto", "").result[0]
+    ref = load_text_encoders(
+        folder_paths.get_full_path("text_encoders", "gemma_tiny.safetensors"),
+        folder_paths.get_full_path("text_encoders", "jina_tiny.safetensors"),
+    ).encode(prompt)
     hidden, pooled = ref.unpadded(0)
     assert cond.shape == hidden.shape
     assert torch.allclose(cond, hidden, atol=1e-5) and torch.allclose(extras["pooled_output"], pooled, atol=1e-5)
@@ -53,7 +68,7 @@ def test_encode_node_applies_training_split(node_classes, tiny):
 def test_stock_clip_text_encode_on_our_clip(node_classes, tiny):
     clip = _clip(node_classes)
     tokens = clip.tokenize("1girl, smile")
-    (cond, extras), = clip.encode_from_tokens_scheduled(tokens)
+    ((cond, extras),) = clip.encode_from_tokens_scheduled(tokens)
     assert cond.shape[0] == 1 and cond.shape[2] == 64 and extras["pooled_output"].shape == (1, 128)
 
 
@@ -67,16 +82,35 @@ def _core_newbie_te(tiny, blobs, monkeypatch):
     g = tiny["gemma"].config
     monkeypatch.setattr(llama.Gemma3_4B_Config, "head_dim", g.head_dim)  # a class attribute in core's config
     gemma = comfy.sd1_clip.SDClipModel(
-        device="cpu", layer="hidden", layer_idx=-2, dtype=torch.float32, special_tokens={"start": 2, "pad": 0},
-        layer_norm_hidden_state=False, model_class=llama.Gemma3_4B, enable_attention_masks=True, return_attention_masks=True,
-        textmodel_json_config=dict(vocab_size=g.vocab_size, hidden_size=g.hidden_size, intermediate_size=g.intermediate_size,
-                                   num_hidden_layers=g.num_hidden_layers, num_attention_heads=g.num_attention_heads,
-                                   num_key_value_heads=g.num_key_value_heads))
+        device="cpu",
+        layer="hidden",
+        layer_idx=-2,
+        dtype=torch.float32,
+        special_tokens={"start": 2, "pad": 0},
+        layer_norm_hidden_state=False,
+        model_class=llama.Gemma3_4B,
+        enable_attention_masks=True,
+        return_attention_masks=True,
+        textmodel_json_config=dict(
+            vocab_size=g.vocab_size,
+            hidden_size=g.hidden_size,
+            intermediate_size=g.intermediate_size,
+            num_hidden_layers=g.num_hidden_layers,
+            num_attention_heads=g.num_attention_heads,
+            num_key_value_heads=g.num_key_value_heads,
+        ),
+    )
     jina = comfy.sd1_clip.SDClipModel(
-        device="cpu", dtype=torch.float32, textmodel_json_config=dict(vocab_size=360, hidden_size=128, num_hidden_layers=2,
-                                                                     num_attention_heads=2, intermediate_size=96),
-        model_class=jina_mod.XLMRobertaModel, special_tokens={"start": 0, "end": 2, "pad": 1}, enable_attention_masks=True,
-        return_attention_masks=True)
+        device="cpu",
+        dtype=torch.float32,
+        textmodel_json_config=dict(
+            vocab_size=360, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96
+        ),
+        model_class=jina_mod.XLMRobertaModel,
+        special_tokens={"start": 0, "end": 2, "pad": 1},
+        enable_attention_masks=True,
+        return_attention_masks=True,
+    )
     te = newbie.NewBieTEModel.__new__(newbie.NewBieTEModel)
     torch.nn.Module.__init__(te)
     te.gemma, te.jina = gemma, jina
@@ -90,8 +124,12 @@ def test_side_by_side_with_core_newbie_encoder(node_classes, tiny, monkeypatch):
 
     try:
         te, tok = _core_newbie_te(tiny, (gemma_spm(), jina_spm()), monkeypatch)
-        te.gemma.transformer.load_state_dict({"model." + k: v for k, v in tiny["gemma"].state_dict().items()}, strict=False)
-        te.jina.transformer.load_state_dict({"model." + k: v for k, v in tiny["jina"].state_dict().items()}, strict=True)
+        te.gemma.transformer.load_state_dict(
+            {"model." + k: v for k, v in tiny["gemma"].state_dict().items()}, strict=False
+        )
+        te.jina.transformer.load_state_dict(
+            {"model." + k: v for k, v in tiny["jina"].state_dict().items()}, strict=True
+        )
     except Exception as exc:  # core's internal constructors changed: this comparison cannot be built
         pytest.skip(f"core's NewBie encoder cannot be built with tiny configs here: {exc}")
     clip = _clip(node_classes)
@@ -99,14 +137,14 @@ def test_side_by_side_with_core_newbie_encoder(node_classes, tiny, monkeypatch):
     core_cond, core_pooled, _ = te.encode_token_weights(tok.tokenize_with_weights(prompt))
 
     # With the training-parity features switched off, ours equals core's.
-    (ours, extras), = node_classes["NewBieTextEncode"].execute(clip, prompt, "none", "").result[0]
+    ((ours, extras),) = node_classes["NewBieTextEncode"].execute(clip, prompt, "none", "").result[0]
     assert torch.allclose(ours, core_cond, atol=1e-4)
     assert torch.allclose(extras["pooled_output"], core_pooled, atol=1e-4)
 
     # Documented difference 1: the system prompt. Core users type it into the one text box, so Jina sees it too.
     full = SYSTEM_PROMPTS["tags"] + prompt
     core_cond2, core_pooled2, _ = te.encode_token_weights(tok.tokenize_with_weights(full))
-    (ours2, extras2), = node_classes["NewBieTextEncode"].execute(clip, prompt, "tags", "").result[0]
+    ((ours2, extras2),) = node_classes["NewBieTextEncode"].execute(clip, prompt, "tags", "").result[0]
     assert torch.allclose(ours2, core_cond2, atol=1e-4)  # Gemma: same text, same states
     assert torch.allclose(extras2["pooled_output"], core_pooled, atol=1e-4)  # our Jina: bare prompt
     assert not torch.allclose(extras2["pooled_output"], core_pooled2, atol=1e-3)  # core's Jina: system prompt included
@@ -114,7 +152,7 @@ def test_side_by_side_with_core_newbie_encoder(node_classes, tiny, monkeypatch):
     # Documented difference 2: the 512-token cap. Core keeps every token; ours keeps the first 512.
     long_prompt = " ".join(f"tag{i}" for i in range(200))
     core_long, _, _ = te.encode_token_weights(tok.tokenize_with_weights(long_prompt))
-    (ours_long, _), = node_classes["NewBieTextEncode"].execute(clip, long_prompt, "none", "").result[0]
+    ((ours_long, _),) = node_classes["NewBieTextEncode"].execute(clip, long_prompt, "none", "").result[0]
     assert core_long.shape[1] > 512 and ours_long.shape[1] == 512
     assert torch.allclose(ours_long, core_long[:, :512], atol=1e-4)
 
@@ -127,21 +165,57 @@ def test_encode_node_accepts_core_newbie_clip_and_rejects_others(node_classes):
 def test_xml_prompt_node_validates_before_running(node_classes):
     node = node_classes["NewBieXMLPrompt"]
     assert node.validate_inputs("<character_1><n>a</n></character_1>") is True
-    assert node.validate_inputs("<character_1><n>a</n>") == "NewBie XML prompt: line 1, column 1: <character_1> is never closed"
+    assert (
+        node.validate_inputs("<character_1><n>a</n>")
+        == "NewBie XML prompt: line 1, column 1: <character_1> is never closed"
+    )
 
 
 def test_builder_nodes_chain_any_number_of_characters(node_classes):
     char = node_classes["NewBieCharacter"]
-    fields = dict(n="", gender="1girl", appearance="long hair", clothing="", body_type="", expression="smile",
-                  action="", interaction="", position="")
+    fields = dict(
+        n="",
+        gender="1girl",
+        appearance="long hair",
+        clothing="",
+        body_type="",
+        expression="smile",
+        action="",
+        interaction="",
+        position="",
+    )
     text = None
     for i in range(6):
         text = char.execute(previous=text, normalize_tags=True, **{**fields, "n": f"c{i + 1}"}).result[0]
-    general = node_classes["NewBieGeneralTags"].execute(normalize_tags=True, count="6girls", style="anime style",
-                                                        **{k: "" for k in ("artists", "background", "environment", "perspective",
-                                                                          "atmosphere", "lighting", "quality", "resolution",
-                                                                          "objects", "other")}).result[0]
-    full = node_classes["NewBieXMLAssemble"].execute(characters=text, general_tags=general, caption="Six friends.").result[0]
+    general = (
+        node_classes["NewBieGeneralTags"]
+        .execute(
+            normalize_tags=True,
+            count="6girls",
+            style="anime style",
+            **{
+                k: ""
+                for k in (
+                    "artists",
+                    "background",
+                    "environment",
+                    "perspective",
+                    "atmosphere",
+                    "lighting",
+                    "quality",
+                    "resolution",
+                    "objects",
+                    "other",
+                )
+            },
+        )
+        .result[0]
+    )
+    full = (
+        node_classes["NewBieXMLAssemble"]
+        .execute(characters=text, general_tags=general, caption="Six friends.")
+        .result[0]
+    )
     p = parse(full)
     assert [c.index for c in p.characters] == [1, 2, 3, 4, 5, 6]
     assert p.characters[5].fields == {"n": "c6", "gender": "1girl", "appearance": "long_hair", "expression": "smile"}
@@ -155,8 +229,13 @@ def test_sampler_node_official_defaults_run_and_are_seeded(node_classes, tiny, c
     neg = node_classes["NewBieTextEncode"].execute(clip, "", "auto", "").result[0]
     latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 48, 1).result[0]
     assert latent["samples"].shape == (1, 16, 6, 8)
-    run = lambda seed, sampler="newbie_midpoint": node_classes["NewBieSampler"].execute(  # noqa: E731
-        model, pos, neg, latent, seed, 3, 5.0, 0.25, 0.0, sampler, "newbie_official").result[0]["samples"]
+    run = lambda seed, sampler="newbie_midpoint": (
+        node_classes["NewBieSampler"]
+        .execute(  # noqa: E731
+            model, pos, neg, latent, seed, 3, 5.0, 0.25, 0.0, sampler, "newbie_official"
+        )
+        .result[0]["samples"]
+    )
     a, b, c = run(1), run(1), run(2)
     assert a.shape == (1, 16, 6, 8) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -178,14 +257,19 @@ def test_official_cfg_patch_equals_newbie_core_sampler(node_classes, tiny, comfy
     pos, neg = [[cap_c, {"pooled_output": pool_c}]], [[cap_u, {"pooled_output": pool_u}]]
     latent = torch.zeros(1, 16, 4, 4)
     noise = comfy.sample.prepare_noise(latent, 5)
-    out = node_classes["NewBieSampler"].execute(model, pos, neg, {"samples": latent}, 5, 4, 3.0, 0.5, 1.2,
-                                                "newbie_midpoint", "newbie_official").result[0]["samples"]
+    out = (
+        node_classes["NewBieSampler"]
+        .execute(model, pos, neg, {"samples": latent}, 5, 4, 3.0, 0.5, 1.2, "newbie_midpoint", "newbie_official")
+        .result[0]["samples"]
+    )
 
     def two(x, t, with_uncond):
         vc = dit(x, t, cap_c, None, pool_c)
         return vc, (dit(x, t, cap_u, None, pool_u) if with_uncond else None)
 
-    ref = sampling.integrate(lambda x, t: sampling.cfg_velocity(two, x, t, 3.0, 0.5, 1.2), noise, sampling.time_grid(4, 6.0), "midpoint")
+    ref = sampling.integrate(
+        lambda x, t: sampling.cfg_velocity(two, x, t, 3.0, 0.5, 1.2), noise, sampling.time_grid(4, 6.0), "midpoint"
+    )
     assert torch.allclose(out, from_dit_latent(ref), atol=1e-4)
 
 
@@ -203,7 +287,8 @@ def test_vae_decode_node_with_stock_vae(node_classes, tiny, comfy):
 def test_empty_latent_rejects_impossible_size(node_classes):
     node = node_classes["NewBieEmptyLatent"]
     assert node.validate_inputs("custom", 1000, 1024, 1) == (
-        "NewBie Empty Latent: 1000x1024 is impossible; width and height must be multiples of 16")
+        "NewBie Empty Latent: 1000x1024 is impossible; width and height must be multiples of 16"
+    )
     assert node.execute("832x1216 (2:3)", 0, 0, 2).result[0]["samples"].shape == (2, 16, 152, 104)
 
 
@@ -218,23 +303,36 @@ def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, m
     blobs = (gemma_spm(), jina_spm())
     try:
         te, tok = _core_newbie_te(tiny, blobs, monkeypatch)
-        te.gemma.transformer.load_state_dict({"model." + k: v for k, v in tiny["gemma"].state_dict().items()}, strict=False)
-        te.jina.transformer.load_state_dict({"model." + k: v for k, v in tiny["jina"].state_dict().items()}, strict=True)
+        te.gemma.transformer.load_state_dict(
+            {"model." + k: v for k, v in tiny["gemma"].state_dict().items()}, strict=False
+        )
+        te.jina.transformer.load_state_dict(
+            {"model." + k: v for k, v in tiny["jina"].state_dict().items()}, strict=True
+        )
     except Exception as exc:
         pytest.skip(f"core's NewBie encoder cannot be built with tiny configs here: {exc}")
     te.dtypes = {torch.float32}
     target = comfy.supported_models_base.ClipTarget(newbie.NewBieTokenizer, lambda **kw: te)
-    clip = comfy.sd.CLIP(target=target, tokenizer_data={"gemma_spiece_model": blobs[0], "jina_spiece_model": blobs[1]},
-                         model_options={"dtype": torch.float32, "load_device": torch.device("cpu"),
-                                        "offload_device": torch.device("cpu"), "initial_device": torch.device("cpu")})
+    clip = comfy.sd.CLIP(
+        target=target,
+        tokenizer_data={"gemma_spiece_model": blobs[0], "jina_spiece_model": blobs[1]},
+        model_options={
+            "dtype": torch.float32,
+            "load_device": torch.device("cpu"),
+            "offload_device": torch.device("cpu"),
+            "initial_device": torch.device("cpu"),
+        },
+    )
     prompt = "1girl, solo, smile"
-    (cond, extras), = node_classes["NewBieTextEncode"].execute(clip, prompt, "tags", "").result[0]
-    expected = {"gemma": tok.tokenize_with_weights(SYSTEM_PROMPTS["tags"] + prompt)["gemma"],
-                "jina": tok.tokenize_with_weights(prompt)["jina"]}
+    ((cond, extras),) = node_classes["NewBieTextEncode"].execute(clip, prompt, "tags", "").result[0]
+    expected = {
+        "gemma": tok.tokenize_with_weights(SYSTEM_PROMPTS["tags"] + prompt)["gemma"],
+        "jina": tok.tokenize_with_weights(prompt)["jina"],
+    }
     ref_cond, ref_pooled, _ = te.encode_token_weights(expected)
     assert torch.allclose(cond, ref_cond, atol=1e-5) and torch.allclose(extras["pooled_output"], ref_pooled, atol=1e-5)
     # escapes and parentheses reach the encoders literally (core's own parser would eat them)
-    (lit, _), = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
+    ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
     assert lit.shape[1] == len(tok.gemma.tokenizer("rem_\\(re:zero\\), (smile:1.2)")["input_ids"])
 
 
@@ -278,10 +376,15 @@ def test_lora_node_maps_newbie_trainer_peft_keys_with_alpha(node_classes, tiny, 
     w = tiny["dit"].layers[1].feed_forward.w2.weight
     gen = torch.Generator().manual_seed(9)
     a, b = torch.randn(2, w.shape[1], generator=gen) * 0.1, torch.randn(w.shape[0], 2, generator=gen) * 0.1
-    save_file({"base_model.model.layers.1.feed_forward.w2.lora_A.weight": a,
-               "base_model.model.layers.1.feed_forward.w2.lora_B.weight": b,
-               "base_model.model.not_in_model.lora_A.weight": a.clone(), "base_model.model.not_in_model.lora_B.weight": b.clone()},
-              str(models_dir / "loras" / "peft_lora.safetensors"))
+    save_file(
+        {
+            "base_model.model.layers.1.feed_forward.w2.lora_A.weight": a,
+            "base_model.model.layers.1.feed_forward.w2.lora_B.weight": b,
+            "base_model.model.not_in_model.lora_A.weight": a.clone(),
+            "base_model.model.not_in_model.lora_B.weight": b.clone(),
+        },
+        str(models_dir / "loras" / "peft_lora.safetensors"),
+    )
     (models_dir / "loras" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
     patched = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result[0]
     mm.load_models_gpu([patched])
