@@ -89,10 +89,10 @@ class ComfyNextDiT(NextDiT):
         context,
         num_tokens=None,
         attention_mask=None,
-        transformer_options={},
+        transformer_options={},  # noqa: B006  (ComfyUI passes this dict positionally; never mutated here)
         clip_text_pooled=None,
         **kwargs,
-    ):  # noqa: B006
+    ):
         h, w = x.shape[-2:]
         p = self.patch_size
         pad_h, pad_w = (-h) % p, (-w) % p

@@ -229,13 +229,13 @@ def test_sampler_node_official_defaults_run_and_are_seeded(node_classes, tiny, c
     neg = node_classes["NewBieTextEncode"].execute(clip, "", "auto", "").result[0]
     latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 48, 1).result[0]
     assert latent["samples"].shape == (1, 16, 6, 8)
-    run = lambda seed, sampler="newbie_midpoint": (
-        node_classes["NewBieSampler"]
-        .execute(  # noqa: E731
+
+    def run(seed, sampler="newbie_midpoint"):
+        out = node_classes["NewBieSampler"].execute(
             model, pos, neg, latent, seed, 3, 5.0, 0.25, 0.0, sampler, "newbie_official"
         )
-        .result[0]["samples"]
-    )
+        return out.result[0]["samples"]
+
     a, b, c = run(1), run(1), run(2)
     assert a.shape == (1, 16, 6, 8) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
