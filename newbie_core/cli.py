@@ -78,7 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
+    _add_batch_command(sub)
     return parser
+
+
+def _add_batch_command(sub) -> None:
+    """``batch``: a prompt list -> DIR/<id>.png + manifest.jsonl; resumable, splits under torchrun (newbie_core.batch)."""
+    from .batch import add_batch_args
+
+    batch = sub.add_parser("batch", help="prompt list (JSONL/text/CSV) -> one PNG per item; resumable, multi-GPU")
+    add_batch_args(batch)
+    _add_model_args(batch)
+    _add_sampling_args(batch)
 
 
 DEMO_PROMPT = """<character_1>
@@ -281,6 +292,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args, out, err)
+        if args.command == "batch":
+            from .batch import run_batch
+
+            return run_batch(args, out, err)
         return cmd_create(args, inp, out, err)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was written for the unfinished image", file=err)

@@ -56,6 +56,26 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def batch_key(self) -> tuple:
+        """Everything but the per-sample fields: settings with equal keys can share one batched forward."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PER_SAMPLE_FIELDS)
+
+
+#: Fields that may differ between the samples of one batch (everything else must match).
+PER_SAMPLE_FIELDS = ("prompt", "negative_prompt", "seed", "batch_size")
+
+
+def _batch_items(settings: GenerationSettings, items: list[GenerationSettings] | None) -> list[GenerationSettings]:
+    if items is None:
+        return [settings] * settings.batch_size
+    if not items:
+        raise ConfigError("a batch needs at least one item")
+    for i, s in enumerate(items):
+        s.validate()
+        if s.batch_key() != settings.batch_key():
+            raise ConfigError(f"batch item {i + 1} differs from the batch in more than prompt, negative and seed")
+    return items
+
 
 @dataclass
 class GenerationResult:
@@ -134,18 +154,26 @@ class NewBiePipeline:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
+        self,
+        settings: GenerationSettings,
+        progress: Callable[[int, int], None] | None = None,
+        items: list[GenerationSettings] | None = None,
     ) -> GenerationResult:
+        """``items``: one batch of different prompts/negatives/seeds sharing ``settings.batch_key()`` (one forward
+        per step for all); each item's noise is its own seed's, as in a single run. Without it, ``batch_size``
+        copies of ``settings``."""
         settings.validate()
-        b = settings.batch_size
+        own_seeds = items is not None
+        items = _batch_items(settings, items)
+        b = len(items)
         enc = self.text_encoders
         from .text.conditioning import gemma_text
 
         gemma_rows, _ = enc.gemma_ids(
-            [gemma_text(settings.prompt, settings.system_prompt)] * b
-            + [gemma_text(settings.negative_prompt, settings.negative_system_prompt)] * b
+            [gemma_text(s.prompt, settings.system_prompt) for s in items]
+            + [gemma_text(s.negative_prompt, settings.negative_system_prompt) for s in items]
         )
-        jina_rows = enc.jina_ids([settings.prompt] * b + [settings.negative_prompt] * b)
+        jina_rows = enc.jina_ids([s.prompt for s in items] + [s.negative_prompt for s in items])
         conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
@@ -162,7 +190,11 @@ class NewBiePipeline:
         def velocity(x, t):
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
-        noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
+        if own_seeds:
+            noise = torch.cat([sampling.initial_noise(1, s.height, s.width, s.seed) for s in items])
+        else:
+            noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed)
+        noise = noise.to(self.device)
         times = sampling.time_grid(settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
         latents = sampling.integrate(velocity, noise, times, settings.solver, callback)

@@ -1,0 +1,320 @@
+"""``python -m newbie_core batch``: read and check the whole list, agree with the other ranks on what is
+left, then generate this rank's share batch by batch, each image written whole and recorded once.
+
+Order of work: (1) list, settings and the existing manifest are checked on every rank before anything
+loads; (2) recorded images are hashed (shared out over the ranks) and the results combined; (3) the
+batches that still miss an image are dealt round-robin; (4) models load once per rank, only if it has
+work; (5) counts are combined and rank 0 prints the summary for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, NewBieError
+from . import store
+from .distributed import Group, Ranks, pick_device, ranks_from_env
+from .manifest import Manifest
+from .plan import Job, item_seed, make_batches, share
+from .progress import RankProgress, per_minute
+from .prompts import FieldSpec, PromptListError, read_prompt_list
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+MAX_LISTED_FAILURES = 20
+
+
+def setting_fields() -> dict[str, FieldSpec]:
+    """Keys a list item may set: exactly generate's sampling flags, typed and limited as those flags are."""
+    from ..cli import _add_sampling_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_sampling_args(parser)
+    return {
+        a.dest: FieldSpec(a.type or str, tuple(a.choices) if a.choices else None)
+        for a in parser._actions
+        if a.dest != "help"
+    }
+
+
+def _check_flags(args) -> None:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be non-negative, got {args.seed}")
+
+
+def _check_settings(s) -> None:
+    """What GenerationSettings.validate() does not cover yet and would otherwise fail mid-run."""
+    s.validate()
+    for name in ("cfg", "cfg_trunc", "renorm", "shift"):
+        value = getattr(s, name)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
+    if s.shift <= 0:
+        raise ConfigError(f"shift must be positive, got {s.shift}")
+    if s.renorm < 0:
+        raise ConfigError(f"renorm must be 0 (off) or positive, got {s.renorm}")
+
+
+def build_jobs(args, tiny: bool, say) -> list[Job]:
+    """Every item as full GenerationSettings, each checked; raises PromptListError naming the line."""
+    from ..cli import _settings, validate_prompt
+    from ..xml_prompt import XMLPromptError
+
+    path = Path(args.prompts)
+    items = read_prompt_list(path, setting_fields(), args.format)
+    jobs = []
+    for index, item in enumerate(items):
+        ns = argparse.Namespace(**vars(args))
+        for key, value in item.overrides.items():
+            setattr(ns, key, value)
+        if "seed" not in item.overrides:
+            ns.seed = item_seed(args.seed, item.id)
+        settings = _settings(ns, item.prompt, tiny)
+        try:
+            _check_settings(settings)
+        except ConfigError as exc:
+            raise PromptListError(f"{path}:{item.line}: {exc}") from None
+        try:
+            for warning in validate_prompt(item.prompt):
+                say(f"warning: {path}:{item.line}: prompt {warning}")
+        except XMLPromptError as exc:
+            raise PromptListError(f"{path}:{item.line}: prompt {exc}") from None
+        jobs.append(Job(index, item, settings))
+    return jobs
+
+
+def _model_label(tiny: bool) -> str | None:
+    from .. import tiny as tiny_model
+
+    return tiny_model.LABEL if tiny else None
+
+
+def check_manifest(jobs: list[Job], manifest: Manifest, out: Path, prompts: Path, tiny: bool) -> list[Job]:
+    """Refuse a rerun that would silently keep images made from other settings; returns the orphans to redo."""
+    tiny_label = _model_label(True)
+    orphans = []
+    for job in jobs:
+        entry = manifest.entries.get(job.item.id)
+        if entry is None:
+            final = out / f"{job.item.id}.png"
+            if final.exists():
+                if store.batch_info(final) is None:
+                    raise PromptListError(
+                        f"{final} exists but is not in {manifest.path.name} and was not written by newbie batch; "
+                        "move it away or choose another --out"
+                    )
+                orphans.append(job)  # written by a run killed before it recorded it: made again
+            continue
+        recorded = entry.get("settings") or {}
+        wanted = job.settings.to_dict()
+        differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        if differ:
+            raise PromptListError(
+                f"{prompts}:{job.item.line}: id {job.item.id!r} is already in {manifest.path} with other settings "
+                f"({', '.join(differ)}); use another --out, or delete that id's line from the manifest to redo it"
+            )
+        if (entry.get("model") == tiny_label) != tiny:
+            raise PromptListError(
+                f"{prompts}:{job.item.line}: id {job.item.id!r} in {manifest.path} was made with "
+                f"{entry.get('model')!r}, not the model of this run; use another --out"
+            )
+    return orphans
+
+
+def verified(jobs: list[Job], manifest: Manifest, out: Path, ranks: Ranks, group: Group) -> list[bool]:
+    """Which items already have a whole file (sha256 as recorded); the hashing is shared out over the ranks."""
+    recorded = [job for job in jobs if job.item.id in manifest.entries]
+    ok = [0] * len(jobs)
+    for k, job in enumerate(recorded):
+        if k % ranks.world == ranks.rank:
+            entry = manifest.entries[job.item.id]
+            path = out / f"{job.item.id}.png"
+            ok[job.index] = int(entry.get("file") == path.name and store.sha256_file(path) == entry.get("sha256"))
+    return [bool(v) for v in group.max(ok).tolist()] if jobs else []
+
+
+def _load(args, device, err):
+    from ..pipeline import NewBiePipeline
+
+    if args.models_dir:
+        return NewBiePipeline.from_models_dir(
+            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
+        )
+    return NewBiePipeline.tiny(device=device)
+
+
+class _Writer:
+    """Writes one image whole and records it once, even if another process made the same id meanwhile."""
+
+    def __init__(self, out: Path, manifest: Manifest, prompts: Path, ranks: Ranks):
+        self.out, self.manifest, self.prompts, self.ranks = out, manifest, prompts, ranks
+        self.known_until = manifest.size()
+
+    def write(self, job: Job, result, pos: int, seconds: float) -> bool:
+        """Sample ``pos`` of the batch ``result``; False when another process recorded this id first."""
+        from ..pipeline import GenerationResult
+
+        item_id = job.item.id
+        one = GenerationResult(
+            result.images[pos : pos + 1], result.latents[pos : pos + 1], job.settings, result.model_label
+        )
+        data = store.encode_png(one, {"id": item_id, "line": job.item.line, "list": self.prompts.name})
+        entry = {
+            "id": item_id,
+            "file": f"{item_id}.png",
+            "sha256": store.sha256_bytes(data),
+            "bytes": len(data),
+            "seed": job.settings.seed,
+            "settings": job.settings.to_dict(),
+            "model": result.model_label,
+            "seconds": round(seconds, 3),
+            "batch": len(result.images),
+            "line": job.item.line,
+            "rank": self.ranks.rank,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        tmp = store.write_part(self.out, item_id, data)
+        try:
+            with self.manifest.locked():
+                self.manifest.refresh()
+                if self.manifest.offsets.get(item_id, -1) >= self.known_until:
+                    return False  # recorded by another process after this run looked: keep theirs
+                store.commit(tmp, self.out / entry["file"])
+                self.manifest.append(entry)
+            return True
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def run_batch(args, out, err) -> int:
+    start = time.perf_counter()
+    try:
+        ranks = ranks_from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    lead = ranks.rank == 0
+
+    def say(text: str) -> None:
+        if lead:
+            print(text, file=err)
+
+    tiny = not args.models_dir
+    out_dir = Path(args.out)
+    prompts = Path(args.prompts)
+    try:
+        _check_flags(args)
+        jobs = build_jobs(args, tiny, say)
+        device = pick_device(args.device, ranks)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(out_dir)
+    except (NewBieError, OSError) as exc:
+        say(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    try:
+        orphans = check_manifest(jobs, manifest, out_dir, prompts, tiny)
+    except NewBieError as exc:
+        say(f"error: {exc}")
+        manifest.close()
+        return EXIT_BAD_INPUT
+    removed = store.remove_dead_parts(out_dir)
+    if removed:
+        print(f"{ranks.label}: removed {removed} unfinished part files of killed runs", file=err)
+
+    group = Group(ranks, device)
+    interrupted = False
+    ok: list[bool] = []
+    failures: list[tuple[Job, str]] = []
+    written = lost_race = 0
+    try:
+        ok = verified(jobs, manifest, out_dir, ranks, group)
+        stale = [j for j in jobs if j.item.id in manifest.entries and not ok[j.index]]
+        for job in stale:
+            say(f"warning: {job.item.id}: recorded in the manifest but its file is missing or changed; making it again")
+        for job in orphans:
+            say(f"warning: {job.item.id}: {job.item.id}.png was never recorded (a killed run); making it again")
+        batches = make_batches(jobs, args.batch_size)
+        pending = [b for b in batches if not all(ok[j.index] for j in b)]
+        mine = share(pending, ranks.rank, ranks.world)
+        todo = sum(1 for b in mine for j in b if not ok[j.index])
+        say(
+            f"{prompts}: {len(jobs)} items in {len(batches)} batches; {sum(ok)} already done, "
+            f"{len(jobs) - sum(ok)} to make on {ranks.world} process{'es' if ranks.world > 1 else ''}"
+        )
+        progress = RankProgress(todo, ranks.label, err, live=None if ranks.world == 1 else False)
+        if mine:
+            print(
+                f"{ranks.label}: loading models on {device} for {todo} image{'s' if todo != 1 else ''} ...",
+                file=err,
+                flush=True,
+            )
+            pipe = _load(args, device, err)
+            writer = _Writer(out_dir, manifest, prompts, ranks)
+            progress.start = time.perf_counter()
+            for batch in mine:
+                missing = [j for j in batch if not ok[j.index]]
+                t0 = time.perf_counter()
+                try:
+                    result = pipe.generate(batch[0].settings, progress=progress.step, items=[j.settings for j in batch])
+                except (NewBieError, RuntimeError, ValueError) as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    failures += [(j, reason) for j in missing]
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    progress.batch_done(0, len(missing))
+                    continue
+                seconds = (time.perf_counter() - t0) / len(batch)
+                made = 0
+                for pos, job in enumerate(batch):
+                    if ok[job.index]:
+                        continue
+                    if writer.write(job, result, pos, seconds):
+                        written += 1
+                        made += 1
+                    else:
+                        lost_race += 1
+                progress.batch_done(made)
+            progress.finish()
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\n{ranks.label}: interrupted; images in flight were not written, rerun to finish", file=err)
+    finally:
+        manifest.close()
+
+    elapsed = time.perf_counter() - start
+    print(_rank_summary(ranks, written, lost_race, failures, elapsed), file=err)
+    for job, reason in failures[:MAX_LISTED_FAILURES]:
+        print(f"  failed {job.item.id} ({prompts}:{job.item.line}): {reason}", file=err)
+    if len(failures) > MAX_LISTED_FAILURES:
+        print(f"  ... and {len(failures) - MAX_LISTED_FAILURES} more", file=err)
+    if interrupted:
+        return 130
+    total = group.sum([written, lost_race, len(failures)]).tolist()
+    slowest = float(group.max_float([elapsed])[0])
+    group.close()
+    if lead:
+        final = Manifest(out_dir)
+        have = sum(1 for j in jobs if j.item.id in final.entries)
+        final.close()
+        print(
+            f"summary: done {total[0]}, skipped {sum(ok)} (already done), failed {total[2]}"
+            + (f", {total[1]} made by another process meanwhile" if total[1] else "")
+            + f"; {per_minute(total[0], slowest):.1f} images/min; {out_dir / Manifest.NAME} has {have} of {len(jobs)}",
+            file=out,
+        )
+    return EXIT_FAILED if total[2] else 0
+
+
+def _rank_summary(ranks: Ranks, written: int, lost: int, failures: list, elapsed: float) -> str:
+    text = f"{ranks.label}: done {written}, failed {len(failures)}"
+    if lost:
+        text += f", {lost} already made by another process"
+    return text + f", {per_minute(written, elapsed):.1f} images/min over {elapsed:.1f}s"
