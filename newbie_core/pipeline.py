@@ -56,9 +56,11 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def batch_key(self) -> tuple:
-        """Everything but the per-sample fields: settings with equal keys can share one batched forward."""
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in PER_SAMPLE_FIELDS)
+    def batch_key(self) -> str:
+        """Everything but the per-sample fields (as JSON, hashable whatever the fields hold): settings with equal
+        keys can share one batched forward."""
+        rest = {k: v for k, v in self.to_dict().items() if k not in PER_SAMPLE_FIELDS}
+        return json.dumps(rest, sort_keys=True, default=repr)
 
 
 #: Fields that may differ between the samples of one batch (everything else must match).

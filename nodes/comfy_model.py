@@ -169,8 +169,12 @@ def _torch_dtype(weight_dtype: str):
     return parse_dtype(weight_dtype.removesuffix("_fast"))
 
 
-def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
-    """Checkpoint path -> ComfyUI ModelPatcher around :class:`NewBieModel` (ComfyUI's loading recipe)."""
+def load_newbie_diffusion_model(path: str, weight_dtype: str = "default", disable_dynamic: bool = False):
+    """Checkpoint path -> ComfyUI ModelPatcher around :class:`NewBieModel` (ComfyUI's loading recipe).
+
+    The patcher remembers how it was made (``cached_patcher_init``), which is what core's multi-GPU
+    nodes (MultiGPU CFG Split, Select Model Device) call to put an independent copy on another device.
+    """
     dtype = _torch_dtype(weight_dtype)
     _, prefix, config = open_transformer_checkpoint(path)  # validates keys/shapes, names bad files
     files, _ = transformer_files(path)
@@ -196,7 +200,10 @@ def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
 
     model = model_config.get_model(sd, "")
     patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    if disable_dynamic:
+        patcher_cls = comfy.model_patcher.ModelPatcher
     patcher = patcher_cls(model, load_device=load_device, offload_device=offload_device)
+    patcher.cached_patcher_init = (load_newbie_diffusion_model, (path, weight_dtype))
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
     if hasattr(patcher, "is_dynamic"):  # dynamic-VRAM cores (2026) load by assignment

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,14 @@ def test_batch_writes_every_item_with_metadata_and_a_rerun_skips_without_loading
     lines = {e["id"]: e for e in manifest_lines(out)}
     assert lines["000003"]["settings"]["width"] == 48 and lines["000004"]["seed"] == 7
     assert lines["000002"]["settings"]["negative_prompt"] == "blurry, lowres"
-    assert {e["batch"] for e in lines.values()} == {1, 2}  # 4 items of 64x64 -> 2+2, the 48-wide one alone
+    # 64x64 items in list order, two per forward; the 48-wide one alone
+    assert {k: e["batch"] for k, e in lines.items()} == {
+        "girl": ["girl", "000002"],
+        "000002": ["girl", "000002"],
+        "000004": ["000004", "000005"],
+        "000005": ["000004", "000005"],
+        "000003": ["000003"],
+    }
     with Image.open(out / "000002.png") as im:
         meta = json.loads(im.text["newbie"])
         assert meta["prompt"] == LIST[1]["prompt"] and meta["seed"] == lines["000002"]["seed"]
@@ -242,14 +250,14 @@ def test_two_torchrun_processes_on_cpu_make_the_same_pixels_as_one(tmp_path):
     assert a.keys() == b.keys() == set(ids)
     for k in ids:
         assert np.array_equal(a[k], b[k]), k
-    seeds = {e["id"]: e["seed"] for e in manifest_lines(one)}
-    assert seeds == {e["id"]: e["seed"] for e in manifest_lines(two)}
+    for key in ("seed", "batch"):  # batches are cut before the split: the same neighbours in both runs
+        assert {e["id"]: e[key] for e in manifest_lines(one)} == {e["id"]: e[key] for e in manifest_lines(two)}
 
 
 # ------------------------------------------------------------------------------ the pieces
 
 
-def test_manifest_seals_a_torn_line_and_concurrent_writers_never_interleave(tmp_path):
+def test_manifest_seals_a_torn_line_and_concurrent_writers_lines_arrive_whole(tmp_path):
     m = Manifest(tmp_path)
     with m.locked():
         m.append({"id": "a", "n": 1})
@@ -276,6 +284,28 @@ def test_manifest_seals_a_torn_line_and_concurrent_writers_never_interleave(tmp_
     m.close()
 
 
+def test_manifest_lock_excludes_other_processes(tmp_path):
+    """While one process holds the lock (checking, renaming, appending), another cannot even read the manifest."""
+    script = (
+        "import sys; from pathlib import Path; from newbie_core.batch.manifest import Manifest\n"
+        "print('ready', flush=True)\n"
+        "m = Manifest(Path(sys.argv[1]))\n"
+        "with m.locked(): m.append({'id': 'other'})\n"
+    )
+    m = Manifest(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with m.locked():
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"ready\n"
+        time.sleep(1.0)
+        assert m.size() == 0 and proc.poll() is None  # blocked on the lock
+    assert proc.wait(timeout=60) == 0
+    with m.locked():
+        m.refresh()
+    assert set(m.entries) == {"other"}
+    m.close()
+
+
 def test_part_files_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -292,9 +322,10 @@ def test_part_files_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
 def test_ranks_come_from_the_launcher_environment():
     from newbie_core.batch.distributed import Ranks, pick_device, ranks_from_env
 
-    assert ranks_from_env({}) == Ranks(0, 1, 0)
+    assert ranks_from_env({}) == Ranks(0, 1, 0, 1)
     env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
-    assert ranks_from_env(env) == Ranks(3, 4, 1)
+    assert ranks_from_env(env) == Ranks(3, 4, 1, 1)
+    assert ranks_from_env({**env, "LOCAL_WORLD_SIZE": "2"}) == Ranks(3, 4, 1, 2)
     for bad, message in [
         ({**env, "RANK": "4"}, "RANK=4 is outside 0..3 (WORLD_SIZE=4)"),
         ({**env, "RANK": "x"}, "environment variable RANK='x' is not a whole number"),

@@ -24,6 +24,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE; 1 when the launcher does not say)
 
     @property
     def label(self) -> str:
@@ -56,7 +57,7 @@ def ranks_from_env(env=None) -> Ranks:
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not env.get(name):
             raise ConfigError(f"WORLD_SIZE={world} but {name} is not set; start with torchrun or accelerate launch")
-    return Ranks(rank, world, local_rank)
+    return Ranks(rank, world, local_rank, _env_int(env, "LOCAL_WORLD_SIZE", 1))
 
 
 def pick_device(requested: str | None, ranks: Ranks) -> torch.device:
@@ -79,11 +80,16 @@ def pick_device(requested: str | None, ranks: Ranks) -> torch.device:
             )
         return device
     count = torch.cuda.device_count()
+    if ranks.local_world > count:
+        raise ConfigError(
+            f"{ranks.local_world} ranks on this machine but only {count} GPU{'s' if count != 1 else ''} visible; "
+            "start at most one process per GPU (--nproc_per_node), or give --device cpu"
+        )
+    if ranks.local_rank < count:
+        return torch.device("cuda", ranks.local_rank)
     if count == 1:
-        return torch.device("cuda", 0)  # one visible GPU per process (CUDA_VISIBLE_DEVICES set by the launcher)
-    if ranks.local_rank >= count:
-        raise ConfigError(f"LOCAL_RANK={ranks.local_rank} but only {count} GPUs are visible on this machine")
-    return torch.device("cuda", ranks.local_rank)
+        return torch.device("cuda", 0)  # the launcher shows each process only its own GPU (CUDA_VISIBLE_DEVICES)
+    raise ConfigError(f"LOCAL_RANK={ranks.local_rank} but only {count} GPUs are visible on this machine")
 
 
 class Group:

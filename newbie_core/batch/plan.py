@@ -29,7 +29,7 @@ def item_seed(base_seed: int, item_id: str) -> int:
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """Items whose settings may share a forward (same size, steps, CFG...), in list order, cut into ``batch_size``."""
-    groups: dict[tuple, list[Job]] = {}
+    groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(job.settings.batch_key(), []).append(job)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -157,7 +157,7 @@ class _Writer:
         self.out, self.manifest, self.prompts, self.ranks = out, manifest, prompts, ranks
         self.known_until = manifest.size()
 
-    def write(self, job: Job, result, pos: int, seconds: float) -> bool:
+    def write(self, job: Job, result, pos: int, seconds: float, batch: list[Job]) -> bool:
         """Sample ``pos`` of the batch ``result``; False when another process recorded this id first."""
         from ..pipeline import GenerationResult
 
@@ -175,7 +175,7 @@ class _Writer:
             "settings": job.settings.to_dict(),
             "model": result.model_label,
             "seconds": round(seconds, 3),
-            "batch": len(result.images),
+            "batch": [j.item.id for j in batch],  # the items it shared its forward with (they fix its last bits)
             "line": job.item.line,
             "rank": self.ranks.rank,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -276,11 +276,14 @@ def run_batch(args, out, err) -> int:
                 for pos, job in enumerate(batch):
                     if ok[job.index]:
                         continue
-                    if writer.write(job, result, pos, seconds):
-                        written += 1
-                        made += 1
-                    else:
-                        lost_race += 1
+                    try:
+                        recorded = writer.write(job, result, pos, seconds, batch)
+                    except OSError as exc:  # disk full, folder gone: this image is not recorded, a rerun makes it
+                        failures.append((job, f"cannot write {out_dir / (job.item.id + '.png')}: {exc}"))
+                        continue
+                    written += recorded
+                    made += recorded
+                    lost_race += not recorded
                 progress.batch_done(made)
             progress.finish()
     except KeyboardInterrupt:
