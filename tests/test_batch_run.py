@@ -333,6 +333,11 @@ def test_ranks_come_from_the_launcher_environment():
             {"WORLD_SIZE": "2", "RANK": "0"},
             "WORLD_SIZE=2 but MASTER_ADDR is not set; start with torchrun or accelerate launch",
         ),
+        (
+            {"OMPI_COMM_WORLD_SIZE": "2"},
+            "started as 2 MPI processes (OMPI_COMM_WORLD_SIZE) without torch.distributed's RANK/WORLD_SIZE; "
+            "start with torchrun, or accelerate launch --multi_gpu",
+        ),
     ]:
         with pytest.raises(ConfigError) as err:
             ranks_from_env(bad)
@@ -341,3 +346,29 @@ def test_ranks_come_from_the_launcher_environment():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="asked for CUDA, but torch sees no CUDA GPU"):
             pick_device("cuda", Ranks())
+
+
+def test_an_id_recorded_by_another_process_meanwhile_is_kept_not_duplicated(tmp_path):
+    """Two runs on one folder at once (a mistake, but possible): the later finisher drops its copy."""
+    from newbie_core.batch.plan import Job
+    from newbie_core.batch.prompts import PromptItem
+    from newbie_core.pipeline import GenerationResult
+
+    settings = GenerationSettings(prompt="a", width=16, height=16)
+    image = Image.new("RGB", (16, 16), (10, 20, 30))
+    result = GenerationResult([image], torch.zeros(1, 16, 2, 2), settings, "label")
+    job = Job(0, PromptItem(1, "a", "a"), settings)
+    mine = Manifest(tmp_path)
+    writer = batch_run._Writer(tmp_path, mine, Path("list.txt"), batch_run.Ranks())
+    other = Manifest(tmp_path)
+    with other.locked():
+        other.append({"id": "a", "file": "a.png", "sha256": "theirs"})
+    (tmp_path / "a.png").write_bytes(b"theirs")
+    assert writer.write(job, result, 0, 1.0, [job]) is False
+    assert (tmp_path / "a.png").read_bytes() == b"theirs"
+    assert [e["id"] for e in manifest_lines(tmp_path)] == ["a"]
+    assert not list(tmp_path.glob(".*.part"))
+    assert writer.write(Job(1, PromptItem(2, "b", "b"), settings), result, 0, 1.0, [job]) is True
+    assert [e["id"] for e in manifest_lines(tmp_path)] == ["a", "b"]
+    mine.close()
+    other.close()

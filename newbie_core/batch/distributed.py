@@ -49,6 +49,12 @@ def ranks_from_env(env=None) -> Ranks:
     if world < 1:
         raise ConfigError(f"WORLD_SIZE must be at least 1, got {world}")
     if world == 1:
+        for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):  # mpirun: N copies that would each do the whole list
+            if env.get(name, "1") not in ("", "0", "1"):
+                raise ConfigError(
+                    f"started as {env[name]} MPI processes ({name}) without torch.distributed's RANK/WORLD_SIZE; "
+                    "start with torchrun, or accelerate launch --multi_gpu"
+                )
         return Ranks()
     rank = _env_int(env, "RANK", None)
     local_rank = _env_int(env, "LOCAL_RANK", rank)
