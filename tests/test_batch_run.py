@@ -169,6 +169,11 @@ def test_bad_lists_and_flags_are_refused_before_any_work(tmp_path, monkeypatch):
             [],
             "list.jsonl:2: duplicate id 'q' (first on line 1)",
         ),
+        (
+            [{"prompt": "a"}],
+            ["--models-dir", str(tmp_path / "nowhere")],
+            f"error: {tmp_path}/nowhere: models folder not found",
+        ),
     ]
     for items, extra, message in cases:
         code, _, err = run([str(write_list(tmp_path, items)), "--out", str(out), "--steps", "1", *extra])

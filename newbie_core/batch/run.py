@@ -214,6 +214,10 @@ def run_batch(args, out, err) -> int:
         _check_flags(args)
         jobs = build_jobs(args, tiny, say)
         device = pick_device(args.device, ranks)
+        if args.models_dir:
+            from ..pipeline import find_model_files
+
+            find_model_files(args.models_dir)  # headers only: a wrong folder is named before any work
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(out_dir)
     except (NewBieError, OSError) as exc:
@@ -256,7 +260,11 @@ def run_batch(args, out, err) -> int:
                 file=err,
                 flush=True,
             )
-            pipe = _load(args, device, err)
+            try:
+                pipe = _load(args, device, err)
+            except NewBieError as exc:
+                print(f"error: {ranks.label}: {exc}", file=err)
+                return EXIT_BAD_INPUT
             writer = _Writer(out_dir, manifest, prompts, ranks)
             progress.start = time.perf_counter()
             for batch in mine:
