@@ -72,7 +72,14 @@ class Manifest:
 
     @contextlib.contextmanager
     def locked(self):
-        _lock(self.fd)
+        try:
+            _lock(self.fd)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot lock {self.path} ({exc.strerror}); the output folder needs a file system with POSIX locks "
+                "(local disks and NFS with lockd have them)",
+            ) from None
         try:
             yield
         finally:
