@@ -377,3 +377,26 @@ def test_an_id_recorded_by_another_process_meanwhile_is_kept_not_duplicated(tmp_
     assert [e["id"] for e in manifest_lines(tmp_path)] == ["a", "b"]
     mine.close()
     other.close()
+
+
+def test_text_and_csv_lists_end_to_end(tmp_path):
+    text = tmp_path / "list.txt"
+    text.write_text("1girl, smile\n\nsunset over the sea\n")
+    code, stdout, err = run([str(text), "--out", str(tmp_path / "t"), *ARGS])
+    assert code == 0, err
+    assert_complete(tmp_path / "t", ["000001", "000003"])
+    assert {e["id"]: e["settings"]["prompt"] for e in manifest_lines(tmp_path / "t")} == {
+        "000001": "1girl, smile",
+        "000003": "sunset over the sea",
+    }
+
+    table = tmp_path / "list.csv"
+    table.write_text('id,prompt,negative,steps,width\nwide,"a cat, on a sofa",blurry,2,96\nplain,x,,,\n')
+    code, stdout, err = run([str(table), "--out", str(tmp_path / "c"), *ARGS, "--negative", "lowres"])
+    assert code == 0, err
+    assert_complete(tmp_path / "c", ["wide", "plain"])
+    got = {e["id"]: e["settings"] for e in manifest_lines(tmp_path / "c")}
+    assert (got["wide"]["negative_prompt"], got["wide"]["steps"], got["wide"]["width"]) == ("blurry", 2, 96)
+    assert (got["plain"]["negative_prompt"], got["plain"]["steps"], got["plain"]["width"]) == ("lowres", 1, 64)
+    with Image.open(tmp_path / "c" / "wide.png") as im:
+        assert im.size == (96, 64)
