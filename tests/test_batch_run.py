@@ -400,3 +400,27 @@ def test_text_and_csv_lists_end_to_end(tmp_path):
     assert (got["plain"]["negative_prompt"], got["plain"]["steps"], got["plain"]["width"]) == ("lowres", 1, 64)
     with Image.open(tmp_path / "c" / "wide.png") as im:
         assert im.size == (96, 64)
+
+
+def test_a_failing_batch_is_reported_with_its_reason_and_the_rest_still_runs(tmp_path, monkeypatch):
+    generate = NewBiePipeline.generate
+
+    def flaky(self, settings, progress=None, items=None):
+        if any(s.prompt == "x" for s in items):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return generate(self, settings, progress, items)
+
+    monkeypatch.setattr(NewBiePipeline, "generate", flaky)
+    out = tmp_path / "out"
+    code, stdout, err = run([str(write_list(tmp_path)), "--out", str(out), *ARGS])
+    assert code == 1
+    assert "summary: done 3, skipped 0 (already done), failed 2;" in stdout
+    assert (
+        f"  failed 000004 ({tmp_path}/list.jsonl:4): CUDA out of memory. Tried to allocate 2.00 GiB "
+        "(batch of 2: rerun with a smaller --batch-size, or --low-vram)"
+    ) in err
+    assert_complete(out, ["girl", "000002", "000003"])
+    monkeypatch.undo()
+    code, stdout, _ = run([str(write_list(tmp_path)), "--out", str(out), *ARGS])
+    assert code == 0 and "summary: done 2, skipped 3 (already done), failed 0;" in stdout
+    assert_complete(out, IDS)

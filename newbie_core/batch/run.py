@@ -27,6 +27,7 @@ from .prompts import FieldSpec, PromptListError, read_prompt_list
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 MAX_LISTED_FAILURES = 20
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's only
 
 
 def setting_fields() -> dict[str, FieldSpec]:
@@ -274,6 +275,8 @@ def run_batch(args, out, err) -> int:
                     result = pipe.generate(batch[0].settings, progress=progress.step, items=[j.settings for j in batch])
                 except (NewBieError, RuntimeError, ValueError) as exc:
                     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    if isinstance(exc, _OUT_OF_MEMORY):
+                        reason += f" (batch of {len(batch)}: rerun with a smaller --batch-size, or --low-vram)"
                     failures += [(j, reason) for j in missing]
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
