@@ -185,3 +185,17 @@ def test_batches_group_compatible_items_in_list_order_and_every_batch_goes_to_on
     for world in (1, 2, 3):
         dealt = [b for r in range(world) for b in share(batches, r, world)]
         assert sorted(j.index for b in dealt for j in b) == list(range(8))
+
+
+def test_switch_flags_take_true_or_false(tmp_path):
+    from newbie_core.batch.prompts import FieldSpec
+
+    fields = {**FIELDS, "allow_large": FieldSpec(bool)}
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,allow_large\na,yes\nb,0\n")
+    assert [i.overrides for i in read_prompt_list(path, fields)] == [{"allow_large": True}, {"allow_large": False}]
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "allow_large": true}\n{"prompt": "b", "allow_large": "true"}\n')
+    with pytest.raises(PromptListError) as err:
+        read_prompt_list(path, fields)
+    assert str(err.value) == f"{path}:2: 'allow_large' must be true or false, got 'true'"

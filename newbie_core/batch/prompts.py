@@ -27,7 +27,8 @@ class PromptListError(NewBieError):
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """How one per-item setting is typed: ``kind`` is int, float or str; ``choices`` limits str values."""
+    """How one per-item setting is typed: ``kind`` is int, float, str or bool (a switch flag); ``choices`` limits
+    str values."""
 
     kind: type
     choices: tuple[str, ...] | None = None
@@ -167,10 +168,17 @@ def _item(path: Path, line: int, values: dict, fields: dict[str, FieldSpec], fro
     return PromptItem(line, item_id.strip(), prompt, overrides)
 
 
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _typed(path, line, key, value, spec: FieldSpec, from_text: bool):
-    names = {int: "a whole number", float: "a number", str: "a string"}
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
     try:
-        if spec.kind is str:
+        if spec.kind is bool:
+            typed = _BOOL_TEXT[value.strip().lower()] if from_text and isinstance(value, str) else value
+            if not isinstance(typed, bool):
+                raise ValueError
+        elif spec.kind is str:
             if not isinstance(value, str):
                 raise ValueError
             typed = value
@@ -180,7 +188,7 @@ def _typed(path, line, key, value, spec: FieldSpec, from_text: bool):
             raise ValueError
         else:
             typed = spec.kind(value)
-    except ValueError:
+    except (ValueError, KeyError):
         raise PromptListError(f"{path}:{line}: {key!r} must be {names[spec.kind]}, got {value!r}") from None
     if isinstance(typed, float) and not math.isfinite(typed):
         raise PromptListError(f"{path}:{line}: {key!r} must be a finite number, got {value!r}")

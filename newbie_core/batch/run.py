@@ -36,11 +36,13 @@ def setting_fields() -> dict[str, FieldSpec]:
 
     parser = argparse.ArgumentParser(add_help=False)
     _add_sampling_args(parser)
-    return {
-        a.dest: FieldSpec(a.type or str, tuple(a.choices) if a.choices else None)
-        for a in parser._actions
-        if a.dest != "help"
-    }
+    fields = {}
+    for a in parser._actions:
+        if a.dest == "help":
+            continue
+        switch = isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        fields[a.dest] = FieldSpec(bool if switch else (a.type or str), tuple(a.choices) if a.choices else None)
+    return fields
 
 
 def _check_flags(args) -> None:
