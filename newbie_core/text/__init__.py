@@ -57,7 +57,8 @@ class EncodedPrompts:
         return self.hidden[i : i + 1, :n], self.pooled[i : i + 1]
 
 
-def truncate(ids: list[int], limit: int, what: str, index: int) -> tuple[list[int], int]:
+def truncate(ids: list[int], limit: int, what: str, index: int, keep_last: bool = False) -> tuple[list[int], int]:
+    """Cut ``ids`` to ``limit``; ``keep_last`` keeps the closing special token (``</s>``) as HF truncation does."""
     if len(ids) <= limit:
         return ids, 0
     dropped = len(ids) - limit
@@ -67,6 +68,8 @@ def truncate(ids: list[int], limit: int, what: str, index: int) -> tuple[list[in
     )
     warnings.warn(message, TruncationWarning, stacklevel=3)
     log.warning(message)
+    if keep_last:
+        return ids[: limit - 1] + ids[-1:], dropped
     return ids[:limit], dropped
 
 
@@ -118,7 +121,8 @@ class TextEncoders:
         for i, text in enumerate(texts):
             ids = self.jina_tokenizer.encode(text)
             if limit:
-                ids, _ = truncate(ids, self.jina_max_tokens, "Jina", i)
+                ends_with_eos = self.jina_tokenizer.add_eos and self.jina_tokenizer.eos_id is not None
+                ids, _ = truncate(ids, self.jina_max_tokens, "Jina", i, keep_last=ends_with_eos)
             rows.append(ids)
         return rows
 
