@@ -350,7 +350,7 @@ def test_batches_match_single_prompts_and_are_deterministic(encoders):
 def test_swapped_files_are_named(files):
     with pytest.raises(
         CheckpointError,
-        match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it looks like the Jina CLIP file; the two inputs are swapped\)",
+        match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it is the Jina CLIP v2 text encoder file; the two inputs are swapped\)",
     ):
         load_text_encoders(files["jina"], files["gemma"])
 
