@@ -386,9 +386,55 @@ def test_lora_node_maps_newbie_trainer_peft_keys_with_alpha(node_classes, tiny, 
         str(models_dir / "loras" / "peft_lora.safetensors"),
     )
     (models_dir / "loras" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
-    patched = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result[0]
+    patched, report, words = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result
+    assert report.splitlines()[1] == "unmatched (1): base_model.model.not_in_model"
+    assert words == ""
     mm.load_models_gpu([patched])
     got = patched.model.diffusion_model.layers[1].feed_forward.w2.weight
     assert torch.allclose(got, w + 0.5 * (8 / 2) * (b @ a), atol=1e-6)
     mm.unload_all_models()
     assert torch.equal(model.model.diffusion_model.layers[1].feed_forward.w2.weight, w)  # input model untouched
+
+
+def test_lora_node_applies_lokr_all_kinds_and_diffusers_qkv_rows(node_classes, tiny, models_dir, comfy):
+    """Official LyCORIS LoKr (six module kinds, full factors: scale 1) and diffusers to_q/to_k/to_v (GQA rows)."""
+    import comfy.model_management as mm
+    from safetensors.torch import save_file
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    dit = tiny["dit"]
+    params = dict(dit.named_parameters())
+    gen = torch.Generator().manual_seed(21)
+    sd, expected = {}, {}
+    kinds = ["attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
+    for m in [f"layers.0.{k}" for k in kinds] + ["layers.0.adaLN_modulation.1"]:
+        w = params[m + ".weight"].detach()
+        w1 = torch.randn(2, 2, generator=gen) * 0.2
+        w2 = torch.randn(w.shape[0] // 2, w.shape[1] // 2, generator=gen) * 0.2
+        stem = "lycoris_" + m.replace(".", "_")
+        sd[stem + ".lokr_w1"], sd[stem + ".lokr_w2"], sd[stem + ".alpha"] = w1, w2, torch.tensor(4.0)
+        kron = torch.einsum("ij,kl->ikjl", w1, w2).reshape(w.shape)
+        expected[m] = w + 0.8 * kron
+    cfg = dit.config
+    head = cfg.dim // cfg.n_heads
+    qkv = params["layers.1.attention.qkv.weight"].detach()
+    deltas = []
+    for letter, rows in (("q", cfg.n_heads * head), ("k", cfg.n_kv_heads * head), ("v", cfg.n_kv_heads * head)):
+        a = torch.randn(2, cfg.dim, generator=gen) * 0.2
+        b = torch.randn(rows, 2, generator=gen) * 0.2
+        sd[f"transformer.layers.1.attn.to_{letter}.lora_A.weight"] = a
+        sd[f"transformer.layers.1.attn.to_{letter}.lora_B.weight"] = b
+        deltas.append(b @ a)
+    expected["layers.1.attention.qkv"] = qkv + 0.8 * torch.cat(deltas)
+    save_file(sd, str(models_dir / "loras" / "mixed.safetensors"), metadata={"modelspec.trigger_phrase": "<n>rem</n>"})
+    patched, report, words = node_classes["NewBieLoRA"].execute(model, "mixed.safetensors", 0.8).result
+    assert report.splitlines() == [
+        "mixed.safetensors: LyCORIS LoKr, PEFT lora_A/lora_B, diffusers names, lycoris names; 9 modules applied",
+        "no adapter_config.json or alpha in the file: PEFT modules use scale 1 (alpha = r)",
+    ]
+    assert words == "<n>rem</n>"
+    mm.load_models_gpu([patched])
+    got = dict(patched.model.diffusion_model.named_parameters())
+    for m, want in expected.items():
+        assert torch.allclose(got[m + ".weight"], want, atol=1e-6), m
+    mm.unload_all_models()
