@@ -64,8 +64,13 @@ class GenerationResult:
     settings: GenerationSettings
     model_label: str
 
+    loras: list[str] = dataclasses.field(default_factory=list)
+
     def metadata(self) -> dict:
-        return {"model": self.model_label, **self.settings.to_dict()}
+        meta = {"model": self.model_label, **self.settings.to_dict()}
+        if self.loras:
+            meta["loras"] = ", ".join(self.loras)
+        return meta
 
 
 class NewBiePipeline:
@@ -85,6 +90,8 @@ class NewBiePipeline:
         self.label = label
         #: Keep Gemma and Jina (about 9 GB in bf16) in CPU memory except while encoding.
         self.offload_text_encoders = offload_text_encoders
+        #: LoRAs merged into the transformer, as ``name:strength`` (recorded in the PNG metadata).
+        self.loras: list[str] = []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,6 +116,14 @@ class NewBiePipeline:
         encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=te_device)
         vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
         return cls(transformer, encoders, vae, device=device, offload_text_encoders=offload_text_encoders)
+
+    def apply_lora(self, path, strength: float = 1.0, block_strengths=None):
+        """Merge a LoRA (any format newbie_core.lora reads) into the transformer; returns its plan and report."""
+        from .lora import apply_lora
+
+        plan = apply_lora(self.transformer, path, strength, block_strengths)
+        self.loras.append(f"{Path(path).name}:{strength:g}")
+        return plan
 
     def to(self, device) -> NewBiePipeline:
         self.device = torch.device(device)
@@ -167,7 +182,7 @@ class NewBiePipeline:
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
         latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
         pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
-        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label)
+        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras))
 
     @staticmethod
     def _decode_tile(latents: torch.Tensor) -> int | None:
