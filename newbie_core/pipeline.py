@@ -13,7 +13,8 @@ import torch
 
 from . import sampling
 from .errors import CheckpointError, ConfigError
-from .weights import TensorReader, parse_dtype
+from .file_kinds import LORA, PICKLE, UNKNOWN, classify, refusal
+from .weights import PICKLE_SUFFIXES, TensorReader, parse_dtype, sharded_files
 
 log = logging.getLogger("newbie")
 
@@ -200,48 +201,82 @@ def to_pil(pixels: torch.Tensor) -> list:
 # ------------------------------------------------------------------------------ model discovery
 
 
-def _classify(keys: set[str]) -> str | None:
-    if any(k.endswith("cap_embedder.1.weight") for k in keys):
-        return "transformer"
-    if any(k.endswith("embed_tokens.weight") for k in keys) and any("self_attn.q_norm" in k for k in keys):
-        return "gemma"
-    if any("mixer.Wqkv" in k for k in keys):
-        return "jina"
-    if any(k.endswith("decoder.conv_in.weight") for k in keys):
-        return "vae"
-    return None
+ROLES = {
+    "transformer": "NewBie diffusion model",
+    "gemma": "Gemma3-4B-it text encoder",
+    "jina": "Jina CLIP v2 text encoder",
+    "vae": "FLUX VAE (ae.safetensors)",
+}
+_SEARCH_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+def _candidates(root: Path):
+    """(path to report, path to load, shapes-or-None, error) for every weight file or sharded set under root."""
+    indexed: set[Path] = set()
+    for index in sorted(root.rglob("*.safetensors.index.json")):
+        if len(index.relative_to(root).parts) > 4:
+            continue
+        try:
+            shards = sharded_files(index)
+            shapes = {}
+            for shard in shards:
+                shapes.update({k: v.shape for k, v in TensorReader.open([shard]).tensors.items()})
+        except CheckpointError as exc:
+            yield index, index.parent, None, str(exc)
+            continue
+        indexed.update(shards)
+        yield index.parent, index.parent, shapes, None
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in _SEARCH_SUFFIXES and p.is_file()):
+        if len(path.relative_to(root).parts) > 4 or path in indexed:
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            yield path, path, {}, None
+            continue
+        try:
+            shapes = {k: v.shape for k, v in TensorReader.open([path]).tensors.items()}
+        except CheckpointError as exc:
+            yield path, path, None, str(exc)
+            continue
+        yield path, path, shapes, None
 
 
 def find_model_files(models_dir) -> dict[str, Path]:
-    """Find the four weight sets under ``models_dir`` by reading safetensors headers (no tensor data)."""
+    """Find the four weight sets under ``models_dir`` by reading safetensors headers (no tensor data).
+
+    Every file is classified by the file-kind table; when something is missing, the error lists what was
+    seen: files found for other roles, and files skipped (pickles, Lumina-2 or other models, unreadable).
+    """
     root = Path(models_dir)
     if not root.is_dir():
         raise CheckpointError(f"{root}: models folder not found")
     found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.safetensors")):
-        if len(path.relative_to(root).parts) > 4:
+    seen: list[str] = []
+    for shown, target, shapes, error in _candidates(root):
+        name = shown.relative_to(root).as_posix() if shown != root else shown.name
+        if error is not None:
+            seen.append(f"{name} (skipped: unreadable)")
+            log.warning("skipping %s", error)
             continue
-        try:
-            kind = _classify(set(TensorReader.open([path]).tensors))
-        except CheckpointError as exc:
-            log.warning("skipping %s", exc)
-            continue
-        if kind is None:
-            continue
-        # sharded HF folders (with an index json): point at the folder; single files: at the file
-        target = path.parent if any(path.parent.glob("*.safetensors.index.json")) else path
-        if kind == "transformer" and found.get(kind) and "newbie" in found[kind].name.lower():
-            continue
-        found.setdefault(kind, target)
-    missing = [k for k in ("transformer", "gemma", "jina", "vae") if k not in found]
+        kind = PICKLE if shown.suffix.lower() in PICKLE_SUFFIXES else classify(shapes)
+        if kind.role in ROLES:
+            if kind.role in found:
+                seen.append(f"{name} ({kind.label}, not used: {found[kind.role].name} was found first)")
+                log.info("%s: another %s beside %s; using the first", name, kind.label, found[kind.role])
+                continue
+            found[kind.role] = target
+            seen.append(f"{name} ({kind.label})")
+        elif kind is LORA:
+            seen.append(f"{name} (LoRA)")
+        elif kind is UNKNOWN:
+            seen.append(f"{name} (skipped: {kind.label})")
+        else:
+            seen.append(f"{name} (skipped: {refusal(kind, shapes)})")
+    missing = [k for k in ROLES if k not in found]
     if missing:
-        names = {
-            "transformer": "NewBie diffusion model",
-            "gemma": "Gemma3-4B-it text encoder",
-            "jina": "Jina CLIP v2 text encoder",
-            "vae": "FLUX VAE (ae.safetensors)",
-        }
-        raise CheckpointError(f"{root}: could not find " + ", ".join(names[m] for m in missing))
+        listing = "; ".join(seen[:20]) + (f"; ... (+{len(seen) - 20} more)" if len(seen) > 20 else "")
+        raise CheckpointError(
+            f"{root}: could not find " + ", ".join(ROLES[m] for m in missing) + f". Seen: {listing or 'no weight files'}"
+        )
     return found
 
 

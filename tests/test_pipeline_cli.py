@@ -242,7 +242,7 @@ def test_models_dir_names_what_is_missing(tmp_path):
     assert code == 2
     assert err.strip() == (
         f"error: {tmp_path}: could not find NewBie diffusion model, Gemma3-4B-it text encoder, "
-        "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors)"
+        "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors). Seen: no weight files"
     )
 
 
