@@ -37,6 +37,8 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
+    prompt_escapes: str = "unescape"
 
     def validate(self) -> None:
         if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
@@ -53,6 +55,8 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if self.prompt_escapes not in ("unescape", "literal"):
+            raise ConfigError(f"prompt_escapes must be unescape or literal, got {self.prompt_escapes!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,13 +159,15 @@ class NewBiePipeline:
         settings.validate()
         b = settings.batch_size
         enc = self.text_encoders
-        from .text.conditioning import gemma_text
+        from .text.conditioning import apply_escapes, gemma_text
 
+        prompt = apply_escapes(settings.prompt, settings.prompt_escapes)
+        negative = apply_escapes(settings.negative_prompt, settings.prompt_escapes)
         gemma_rows, _ = enc.gemma_ids(
-            [gemma_text(settings.prompt, settings.system_prompt)] * b
-            + [gemma_text(settings.negative_prompt, settings.negative_system_prompt)] * b
+            [gemma_text(prompt, settings.system_prompt)] * b
+            + [gemma_text(negative, settings.negative_system_prompt)] * b
         )
-        jina_rows = enc.jina_ids([settings.prompt] * b + [settings.negative_prompt] * b)
+        jina_rows = enc.jina_ids([prompt] * b + [negative] * b)
         conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
@@ -275,7 +281,9 @@ def find_model_files(models_dir) -> dict[str, Path]:
     if missing:
         listing = "; ".join(seen[:20]) + (f"; ... (+{len(seen) - 20} more)" if len(seen) > 20 else "")
         raise CheckpointError(
-            f"{root}: could not find " + ", ".join(ROLES[m] for m in missing) + f". Seen: {listing or 'no weight files'}"
+            f"{root}: could not find "
+            + ", ".join(ROLES[m] for m in missing)
+            + f". Seen: {listing or 'no weight files'}"
         )
     return found
 

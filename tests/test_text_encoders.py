@@ -378,3 +378,16 @@ def test_missing_tokenizer_is_reported(files, tmp_path):
     path = save_jina_comfy(files["jina_ref"], tmp_path / "jina_no_tok.safetensors", None)
     with pytest.raises(CheckpointError, match="no Jina tokenizer found"):
         load_jina(path)
+
+
+def test_escaped_parentheses_reach_encoders_unescaped_by_default(encoders):
+    plain = encoders.encode("1girl, (medium), smile")
+    escaped = encoders.encode(r"1girl, \(medium\), smile")
+    literal = encoders.encode(r"1girl, \(medium\), smile", escapes="literal")
+    assert torch.equal(escaped.hidden, plain.hidden) and torch.equal(escaped.pooled, plain.pooled)
+    assert int(literal.mask.sum()) > int(plain.mask.sum())
+    from newbie_core.text import apply_escapes
+
+    assert apply_escapes(r"a \(b\) (c:1.2) \\x") == r"a (b) (c:1.2) \\x"  # no weight parsing, other escapes kept
+    with pytest.raises(ValueError, match="unknown escape mode 'raw'; choose one of: unescape, literal"):
+        apply_escapes("x", "raw")

@@ -149,12 +149,32 @@ def test_side_by_side_with_core_newbie_encoder(node_classes, tiny, monkeypatch):
     assert torch.allclose(extras2["pooled_output"], core_pooled, atol=1e-4)  # our Jina: bare prompt
     assert not torch.allclose(extras2["pooled_output"], core_pooled2, atol=1e-3)  # core's Jina: system prompt included
 
+    # A1111 escapes: core un-escapes \\( \\) for both encoders, and so do we by default.
+    esc = r"1girl, \(medium\)"
+    core_esc, core_esc_pooled, _ = te.encode_token_weights(tok.tokenize_with_weights(esc))
+    ((ours_esc, extras_esc),) = node_classes["NewBieTextEncode"].execute(clip, esc, "none", "").result[0]
+    assert torch.allclose(ours_esc, core_esc, atol=1e-4)
+    assert torch.allclose(extras_esc["pooled_output"], core_esc_pooled, atol=1e-4)
+
     # Documented difference 2: the 512-token cap. Core keeps every token; ours keeps the first 512.
     long_prompt = " ".join(f"tag{i}" for i in range(200))
     core_long, _, _ = te.encode_token_weights(tok.tokenize_with_weights(long_prompt))
     ((ours_long, _),) = node_classes["NewBieTextEncode"].execute(clip, long_prompt, "none", "").result[0]
     assert core_long.shape[1] > 512 and ours_long.shape[1] == 512
     assert torch.allclose(ours_long, core_long[:, :512], atol=1e-4)
+
+
+def test_encode_node_unescapes_parentheses_by_default_with_literal_mode(node_classes, tiny):
+    clip = _clip(node_classes)
+    encode = node_classes["NewBieTextEncode"].execute
+    ((plain, plain_x),) = encode(clip, "1girl, (medium), smile", "none", "").result[0]
+    ((escaped, escaped_x),) = encode(clip, r"1girl, \(medium\), smile", "none", "").result[0]
+    ((literal, literal_x),) = encode(clip, r"1girl, \(medium\), smile", "none", "", "literal").result[0]
+    assert torch.equal(escaped, plain) and torch.equal(escaped_x["pooled_output"], plain_x["pooled_output"])
+    assert literal.shape[1] > plain.shape[1]  # the backslashes are tokens of their own
+    assert not torch.allclose(literal_x["pooled_output"], plain_x["pooled_output"], atol=1e-4)
+    stock = clip.tokenize(r"\(medium\)")  # stock CLIPTextEncode on our CLIP: un-escaped as core does
+    assert stock == clip.tokenize("(medium)")
 
 
 def test_encode_node_accepts_core_newbie_clip_and_rejects_others(node_classes):
