@@ -391,3 +391,25 @@ def test_escaped_parentheses_reach_encoders_unescaped_by_default(encoders):
     assert apply_escapes(r"a \(b\) (c:1.2) \\x") == r"a (b) (c:1.2) \\x"  # no weight parsing, other escapes kept
     with pytest.raises(ValueError, match="unknown escape mode 'raw'; choose one of: unescape, literal"):
         apply_escapes("x", "raw")
+
+
+def test_scaled_fp8_jina_is_dequantised(files, blobs, tmp_path):
+    """ComfyUI's scaled-fp8 layout (``scaled_fp8`` marker, per-tensor ``.scale_weight``): weight x scale, never a bare cast."""
+    sd, deq = {}, {}
+    for name, w in files["jina_ref"].state_dict().items():
+        if name.endswith(("Wqkv.weight", "fc1.weight", "fc2.weight", "out_proj.weight")):
+            scale = w.abs().max() / 448.0
+            q = (w / scale).to(torch.float8_e4m3fn)
+            sd["model." + name], sd["model." + name[: -len(".weight")] + ".scale_weight"] = q, scale.reshape(())
+            deq[name] = q.float() * scale
+        else:
+            sd["model." + name], deq[name] = w, w
+    sd["model.scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    sd["spiece_model"] = torch.frombuffer(bytearray(blobs["jina"]), dtype=torch.uint8)
+    path = tmp_path / "jina_fp8_scaled.safetensors"
+    save_file(sd, str(path))
+    model, tok, info = load_jina(path, dtype=torch.float32)
+    assert info["dequantised"]
+    ids = tok.encode("1girl, solo, smile")
+    got = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert torch.allclose(got[0].double(), naive_jina_pooled(deq, torch.tensor(ids), heads=2), atol=1e-5)
