@@ -121,3 +121,16 @@ def test_sharded_folder_is_one_entry(tmp_path):
     with pytest.raises(CheckpointError, match=r"Seen: text_encoder \(Gemma3 text encoder\)$"):
         find_model_files(models)
     shutil.rmtree(te)
+
+
+def test_loaders_name_a_lora_given_in_place_of_a_model(tmp_path):
+    from newbie_core.dit import load_transformer
+    from newbie_core.vae import load_vae
+
+    path = tmp_path / "style_lora.safetensors"
+    write(path, {"diffusion_model.layers.0.attention.qkv.lora_down.weight": (2, 4),
+                 "diffusion_model.layers.0.attention.qkv.lora_up.weight": (4, 2)})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"style_lora.safetensors: this is a LoRA file, not the NewBie diffusion"):
+        load_transformer(path)
+    with pytest.raises(CheckpointError, match=r"\(it is a LoRA; put it in models/loras\)$"):
+        load_vae(path)
