@@ -56,9 +56,22 @@ FLUX_VAE = FileKind("flux_vae", "FLUX VAE (16 latent channels)", "vae", "vae")
 OTHER_VAE = FileKind("other_vae", "VAE", None, "vae", "its latent has {channels} channels, NewBie needs FLUX's 16")
 LORA = FileKind("lora", "LoRA", "lora", "loras")
 PICKLE = FileKind("pickle", "pickled checkpoint", None, "", "pickles are never loaded (unpickling can run code)")
+GGUF = FileKind("gguf", "GGUF file", None, "", "GGUF files are not loaded by this pack (use safetensors)")
 UNKNOWN = FileKind("unknown", "unrecognised safetensors file", None, "", "no key pattern of a model NewBie uses")
 
-KINDS = (NEWBIE_DIT, LUMINA2_DIT, LUMINA2_DIFFUSERS, GEMMA3, JINA_CLIP_V2, JINA_V3, FLUX_VAE, OTHER_VAE, LORA, PICKLE)
+KINDS = (
+    NEWBIE_DIT,
+    LUMINA2_DIT,
+    LUMINA2_DIFFUSERS,
+    GEMMA3,
+    JINA_CLIP_V2,
+    JINA_V3,
+    FLUX_VAE,
+    OTHER_VAE,
+    LORA,
+    PICKLE,
+    GGUF,
+)
 
 _LORA_KEY = re.compile(
     r"\.(lora_A|lora_B|lora_up|lora_down|lokr_w1|lokr_w2|lokr_w1_a|lokr_w2_a|hada_w1_a|hada_w2_a|diff)"
@@ -119,6 +132,8 @@ def classify_path(path: Path) -> tuple[FileKind, dict[str, tuple]]:
     """(kind, shapes) of a file; pickles by suffix, without opening them. Unreadable files raise CheckpointError."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return PICKLE, {}
+    if path.suffix.lower() == ".gguf":
+        return GGUF, {}
     reader = TensorReader.open([path])
     shapes = {k: v.shape for k, v in reader.tensors.items()}
     return classify(shapes), shapes

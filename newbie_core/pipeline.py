@@ -13,7 +13,7 @@ import torch
 
 from . import sampling
 from .errors import CheckpointError, ConfigError
-from .file_kinds import LORA, PICKLE, UNKNOWN, classify, refusal
+from .file_kinds import LORA, UNKNOWN, classify, classify_path, refusal
 from .weights import PICKLE_SUFFIXES, TensorReader, parse_dtype, sharded_files
 
 log = logging.getLogger("newbie")
@@ -213,7 +213,8 @@ ROLES = {
     "jina": "Jina CLIP v2 text encoder",
     "vae": "FLUX VAE (ae.safetensors)",
 }
-_SEARCH_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+_SEARCH_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
+_NOT_SAFETENSORS = (".gguf", *PICKLE_SUFFIXES)
 
 
 def _candidates(root: Path):
@@ -235,7 +236,7 @@ def _candidates(root: Path):
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in _SEARCH_SUFFIXES and p.is_file()):
         if len(path.relative_to(root).parts) > 4 or path in indexed:
             continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
+        if path.suffix.lower() in _NOT_SAFETENSORS:
             yield path, path, {}, None
             continue
         try:
@@ -263,7 +264,7 @@ def find_model_files(models_dir) -> dict[str, Path]:
             seen.append(f"{name} (skipped: unreadable)")
             log.warning("skipping %s", error)
             continue
-        kind = PICKLE if shown.suffix.lower() in PICKLE_SUFFIXES else classify(shapes)
+        kind = classify_path(shown)[0] if shown.suffix.lower() in _NOT_SAFETENSORS else classify(shapes)
         if kind.role in ROLES:
             if kind.role in found:
                 seen.append(f"{name} ({kind.label}, not used: {found[kind.role].name} was found first)")

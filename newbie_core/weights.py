@@ -107,6 +107,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
             f"{path}: pickled checkpoints ({path.suffix}) are not loaded because unpickling can run code; "
             "use the .safetensors release of this model"
         )
+    if path.suffix.lower() == ".gguf":
+        raise CheckpointError(f"{path}: GGUF files are not loaded by this pack; use the .safetensors release")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)

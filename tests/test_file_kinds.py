@@ -90,6 +90,7 @@ def test_not_found_message_lists_what_was_seen(tmp_path):
     write(models / "diffusion_models" / "lumina_2.safetensors", KEYSETS["lumina2_dit"])
     (models / "checkpoints").mkdir()
     (models / "checkpoints" / "newbie.ckpt").write_bytes(b"\x80\x04pickle")
+    (models / "diffusion_models" / "newbie-Q4_K_M.gguf").write_bytes(b"GGUF")
     write(models / "text_encoders" / "gemma.safetensors", KEYSETS["gemma3"])
     write(models / "text_encoders" / "jina-embeddings-v3.safetensors", KEYSETS["jina_embeddings_v3"])
     write(models / "vae" / "sd_vae.safetensors", KEYSETS["other_vae"])
@@ -101,7 +102,8 @@ def test_not_found_message_lists_what_was_seen(tmp_path):
         f"{models}: could not find NewBie diffusion model, Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors). "
         "Seen: checkpoints/newbie.ckpt (skipped: pickles are never loaded (unpickling can run code)); "
         "diffusion_models/lumina_2.safetensors (skipped: it is a Lumina-Image-2.0 model (no clip_text_pooled_proj), "
-        "not NewBie); loras/style.safetensors (LoRA); text_encoders/gemma.safetensors (Gemma3 text encoder); "
+        "not NewBie); diffusion_models/newbie-Q4_K_M.gguf (skipped: GGUF files are not loaded by this pack (use "
+        "safetensors)); loras/style.safetensors (LoRA); text_encoders/gemma.safetensors (Gemma3 text encoder); "
         "text_encoders/jina-embeddings-v3.safetensors (skipped: it is jina-embeddings-v3 (five task adapters), a "
         "different model from Jina CLIP v2); vae/broken.safetensors (skipped: unreadable); "
         "vae/sd_vae.safetensors (skipped: its latent has 4 channels, NewBie needs FLUX's 16)"
