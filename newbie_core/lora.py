@@ -57,6 +57,7 @@ _SLOTS = {
     "lora_B.default.weight": "lora_B",
     "lora_magnitude_vector.default.weight": "magnitude",
     "lora_magnitude_vector.weight": "magnitude",
+    "lora_magnitude_vector.default": "magnitude",
     "lora_magnitude_vector": "magnitude",
     "lora_A.weight": "lora_A",
     "lora_B.weight": "lora_B",

@@ -351,9 +351,12 @@ def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, m
     }
     ref_cond, ref_pooled, _ = te.encode_token_weights(expected)
     assert torch.allclose(cond, ref_cond, atol=1e-5) and torch.allclose(extras["pooled_output"], ref_pooled, atol=1e-5)
-    # escapes and parentheses reach the encoders literally (core's own parser would eat them)
-    ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
-    assert lit.shape[1] == len(tok.gemma.tokenizer("rem_\\(re:zero\\), (smile:1.2)")["input_ids"])
+    # \( \) are un-escaped by default (literal mode keeps them); (x:1.2) is never parsed as a weight
+    text = "rem_\\(re:zero\\), (smile:1.2)"
+    ((unesc, _),) = node_classes["NewBieTextEncode"].execute(clip, text, "none", "").result[0]
+    assert unesc.shape[1] == len(tok.gemma.tokenizer("rem_(re:zero), (smile:1.2)")["input_ids"])
+    ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, text, "none", "", "literal").result[0]
+    assert lit.shape[1] == len(tok.gemma.tokenizer(text)["input_ids"])
 
 
 def test_vae_decode_falls_back_to_tiles_on_out_of_memory_only(node_classes, tiny, comfy):
