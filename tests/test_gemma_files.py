@@ -284,3 +284,17 @@ def test_block_quantised_gemma_is_refused_by_name(unusual, tmp_path):
         r"'nvfp4', which this loader cannot dequantise exactly",
     ):
         load_gemma_weights_only(gemma_mod, path)
+
+
+def test_unrelated_config_json_beside_a_file_is_ignored(unusual, tmp_path, caplog):
+    """models/text_encoders/ may hold some other model's config.json: it must not be taken as Gemma's."""
+    from newbie_core.text import gemma as gemma_mod
+
+    cfg, model = unusual
+    folder = tmp_path / "text_encoders"
+    write_hf_folder(folder, model, cfg)
+    (folder / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 4096, "num_layers": 24}))
+    with caplog.at_level("INFO", logger="newbie"):
+        encoder = load_gemma_weights_only(gemma_mod, folder / "model.safetensors")
+    assert encoder.config.num_hidden_layers == 4  # depth from the file
+    assert any("it describes a 't5' model, not Gemma3" in r.message for r in caplog.records)

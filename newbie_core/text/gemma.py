@@ -77,7 +77,13 @@ def _read_config(folder: Path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
     text = raw.get("text_config", raw)
-    return dict(text) if isinstance(text, dict) else None
+    if not isinstance(text, dict):
+        return None
+    kind = text.get("model_type", raw.get("model_type"))
+    if kind is not None and kind not in ("gemma3", "gemma3_text"):
+        log.info("ignoring %s: it describes a %r model, not Gemma3", path, kind)
+        return None
+    return dict(text)
 
 
 def _span(layers) -> str:

@@ -162,6 +162,9 @@ def _file_config(folder: Path) -> _FileConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
+    if raw.get("model_type") not in (None, "jina_clip", "xlm-roberta"):
+        log.info("ignoring %s: it describes a %r model, not Jina CLIP v2", path, raw.get("model_type"))
+        return _FileConfig()
     text_cfg = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
     kwargs = text_cfg.get("hf_model_config_kwargs") if isinstance(text_cfg.get("hf_model_config_kwargs"), dict) else {}
     found: dict = {}
