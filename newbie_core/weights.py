@@ -213,6 +213,8 @@ def weight_files(path: Path) -> tuple[list[Path], Path]:
 
     Returns the files and the folder that may hold tokenizer/config files beside them.
     """
+    if path.is_file() and path.name.endswith(".safetensors.index.json"):
+        return sharded_files(path), path.parent
     if path.is_file():
         index = shard_index_for(path) if shard_position(path) else None
         if index is not None:

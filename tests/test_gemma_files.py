@@ -158,6 +158,7 @@ def test_one_shard_loads_the_whole_set_through_the_index(unusual, tmp_path, capl
         encoder = load_gemma_weights_only(gemma_mod, shards[1])
     assert any("is one shard of model.safetensors.index.json" in r.message for r in caplog.records)
     assert_matches_reference(encoder, folder)
+    assert_matches_reference(load_gemma_weights_only(gemma_mod, folder / "model.safetensors.index.json"), folder)
 
 
 def test_one_shard_without_index_is_refused_naming_missing_layers(unusual, tmp_path):
