@@ -268,6 +268,8 @@ def load_jina(
         if task not in tasks:
             raise CheckpointError(f"{where}: no {task!r} adapter in this file (it has {', '.join(tasks)})")
         task_index = tasks.index(task)
+    else:
+        assumed.append(f"the {task} adapter is already merged (the file carries no adapter tensors)")
     alpha = file_cfg.lora_alpha
     if task_index is not None and alpha is None:
         alpha = 1.0

@@ -461,3 +461,44 @@ def test_lora_node_applies_lokr_all_kinds_and_diffusers_qkv_rows(node_classes, t
     for m, want in expected.items():
         assert torch.allclose(got[m + ".weight"], want, atol=1e-6), m
     mm.unload_all_models()
+
+
+def test_lora_node_agrees_with_core_loader_on_formats_core_knows(node_classes, tiny, models_dir, comfy):
+    """kohya lora_unet_* with alpha, diffusion_model.* lora_down/up and LyCORIS LoHa: core's own loader is an
+    independent implementation of these scale rules, so both must give the same weights."""
+    import comfy.lora
+    import comfy.model_management as mm
+    from safetensors.torch import save_file
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    params = dict(tiny["dit"].named_parameters())
+    gen = torch.Generator().manual_seed(31)
+    sd = {}
+    for i, m in enumerate(["layers.0.attention.qkv", "layers.1.feed_forward.w2", "noise_refiner.0.attention.out"]):
+        w = params[m + ".weight"]
+        stem = "lora_unet_" + m.replace(".", "_")
+        sd[stem + ".lora_down.weight"] = torch.randn(3, w.shape[1], generator=gen) * 0.2
+        sd[stem + ".lora_up.weight"] = torch.randn(w.shape[0], 3, generator=gen) * 0.2
+        sd[stem + ".alpha"] = torch.tensor(float(i + 1))
+    w = params["layers.1.feed_forward.w1.weight"]
+    for slot, shape in (("hada_w1_a", (w.shape[0], 2)), ("hada_w1_b", (2, w.shape[1])),
+                        ("hada_w2_a", (w.shape[0], 2)), ("hada_w2_b", (2, w.shape[1]))):  # fmt: skip
+        sd["lycoris_layers_1_feed_forward_w1." + slot] = torch.randn(*shape, generator=gen) * 0.2
+    sd["lycoris_layers_1_feed_forward_w1.alpha"] = torch.tensor(3.0)
+    save_file(sd, str(models_dir / "loras" / "kohya.safetensors"))
+    ours = node_classes["NewBieLoRA"].execute(model, "kohya.safetensors", 0.7).result[0]
+    core = model.clone()
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    core_patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    assert len(core_patches) == 4
+    core.add_patches(core_patches, 0.7)
+    mm.load_models_gpu([ours])
+    got = {k: v.detach().clone() for k, v in ours.model.diffusion_model.named_parameters()}
+    mm.unload_all_models()
+    mm.load_models_gpu([core])
+    want = dict(core.model.diffusion_model.named_parameters())
+    for name in ("layers.0.attention.qkv", "layers.1.feed_forward.w2", "noise_refiner.0.attention.out",
+                 "layers.1.feed_forward.w1"):  # fmt: skip
+        assert torch.allclose(got[name + ".weight"], want[name + ".weight"], atol=1e-6), name
+        assert not torch.equal(got[name + ".weight"], params[name + ".weight"])
+    mm.unload_all_models()
