@@ -299,3 +299,17 @@ def test_unrelated_config_json_beside_a_file_is_ignored(unusual, tmp_path, caplo
         encoder = load_gemma_weights_only(gemma_mod, folder / "model.safetensors")
     assert encoder.config.num_hidden_layers == 4  # depth from the file
     assert any("it describes a 't5' model, not Gemma3" in r.message for r in caplog.records)
+
+
+def test_header_quantization_metadata_is_honoured(unusual, tmp_path):
+    """``_quantization_metadata`` in the safetensors header (what core passes on as llama_quantization_metadata)."""
+    from newbie_core.text import gemma as gemma_mod
+
+    cfg, model = unusual
+    path = tmp_path / "gemma_mixed.safetensors"
+    sd = {"model." + k: v.contiguous() for k, v in model.state_dict().items()}
+    meta = {"format_version": "1.0", "layers": {"model.layers.1.self_attn.o_proj": {"format": "mxfp8"}}}
+    save_file(sd, str(path), metadata={"_quantization_metadata": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"layer 'model.layers.1.self_attn.o_proj' is stored in the quantised "
+                       r"format 'mxfp8'"):  # fmt: skip
+        load_gemma_weights_only(gemma_mod, path)
