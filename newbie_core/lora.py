@@ -405,8 +405,6 @@ def plan_lora(lora: LoraFile, targets: dict[str, tuple], block_strengths: str | 
         if module is None:
             report.unmatched.append(stem)
             continue
-        styles.add(style)
-        formats.add(_FORMAT_NAMES[(kind, ("lora_A" if "lora_A" in slots else "lora_down") if kind == "lora" else None)])
         target = names[module] if kind != "full" or "diff" in slots else module + ".bias"
         if kind == "full" and "diff" in slots and "diff_b" in slots:
             _add_full_bias(patches, stem, slots, lora, module, targets, report, multiplier)
@@ -420,25 +418,9 @@ def plan_lora(lora: LoraFile, targets: dict[str, tuple], block_strengths: str | 
         if left_out:
             report.partial.append((stem, f"{', '.join(left_out)} (Tucker factors) not supported; module skipped"))
             continue
-        alpha = t.get("alpha")
-        if kind == "lora":
-            rank = (t["lora_A"] if "lora_A" in t else t["lora_down"]).shape[0]
-            if "lora_A" in t:
-                scale = scales.peft(module if style != "diffusers" else stem, rank, alpha)
-            else:
-                scale = scales.lycoris(alpha, rank) if alpha is not None else 1.0
-        elif kind == "lokr":
-            rank = None
-            if "lokr_w1_b" in t:
-                rank = t["lokr_w1_b"].shape[0]
-            if "lokr_w2_b" in t:
-                rank = t["lokr_w2_b"].shape[0]
-            scale = scales.lycoris(alpha, rank)
-        elif kind == "loha":
-            scale = scales.lycoris(alpha, t["hada_w1_b"].shape[0])
-        else:
-            scale = 1.0
-            slots = {k: v for k, v in slots.items() if k != "diff_b"} if "diff" in slots else slots
+        scale = _part_scale(kind, t, module if style != "diffusers" else stem, scales)
+        if kind == "full" and "diff" in slots:
+            slots = {k: v for k, v in slots.items() if k != "diff_b"}  # the bias went into its own patch
         dora = "magnitude" if "magnitude" in slots else ("dora_scale" if "dora_scale" in slots else None)
         patch = patches.setdefault(target, TargetPatch(target, [], []))
         index = {}
@@ -464,8 +446,25 @@ def plan_lora(lora: LoraFile, targets: dict[str, tuple], block_strengths: str | 
             continue
         patch.parts.append(part)
         report.applied.append((stem, target + (f"[{rows[0]}:{rows[1]}]" if rows else "")))
+        styles.add(style)
+        formats.add(_FORMAT_NAMES[(kind, ("lora_A" if "lora_A" in t else "lora_down") if kind == "lora" else None)])
     report.formats = sorted(formats) + sorted(f"{s} names" for s in styles if s not in ("plain",))
     return LoraPlan(patches, report, trigger_words(lora.metadata))
+
+
+def _part_scale(kind: str, t: dict, module: str, scales: _Scales) -> float:
+    """The format's scale rule for one module (see the module docstring)."""
+    alpha = t.get("alpha")
+    if kind == "lora" and "lora_A" in t:
+        return scales.peft(module, t["lora_A"].shape[0], alpha)
+    if kind == "lora":
+        return scales.lycoris(alpha, t["lora_down"].shape[0])
+    if kind == "lokr":  # a decomposed factor sets the rank; two full factors: scale 1
+        rank = t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else None
+        return scales.lycoris(alpha, rank)
+    if kind == "loha":
+        return scales.lycoris(alpha, t["hada_w1_b"].shape[0])
+    return 1.0
 
 
 def _delta_shape(kind: str, t: dict) -> tuple | None:
