@@ -124,8 +124,12 @@ def unusual(tmp_path_factory):
     return cfg, reference_model(cfg)
 
 
-def test_config_json_is_the_truth_layer_types_window_rope_scalar(unusual, tmp_path):
+@pytest.mark.parametrize("rope_keys", ["rope_parameters", "legacy"])
+def test_config_json_is_the_truth_layer_types_window_rope_scalar(unusual, tmp_path, rope_keys):
     cfg, model = unusual
+    if rope_keys == "legacy":  # google/gemma-3-4b-it's own config.json spells RoPE this way
+        cfg = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+        cfg.update(rope_theta=50_000.0, rope_local_base_freq=777.0, rope_scaling={"rope_type": "linear", "factor": 3.0})
     folder = tmp_path / "gemma"
     write_hf_folder(folder, model, cfg)
     from newbie_core.text import gemma as gemma_mod
