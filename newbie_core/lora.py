@@ -619,5 +619,12 @@ def parse_lora_arg(text: str) -> tuple[Path, float]:
     if sep and head and re.fullmatch(r"[-+]?\d*\.?\d+(e[-+]?\d+)?", tail.strip(), re.I):
         path, strength = head, float(tail)
     lora = Path(path)
-    read_header(lora)  # exists, is safetensors, not truncated: or a CheckpointError naming it
+    header = read_header(lora)  # exists, is safetensors, not truncated: or a CheckpointError naming it
+    if not any(_SLOT_RE.match(k) for k in header.tensors):
+        from .file_kinds import LORA, wrong_file_hint
+
+        hint = wrong_file_hint(LORA, {k: v.shape for k, v in header.tensors.items()})
+        raise CheckpointError(
+            f"{lora}: no LoRA tensors (lora_A/B, lora_up/down, lokr_*, hada_*, diff) in this file{hint}"
+        )
     return lora, strength

@@ -354,6 +354,10 @@ def test_lora_arg_checked_before_models_load(tmp_path):
     assert parse_lora_arg(str(path)) == (path, 1.0)
     with pytest.raises(CheckpointError, match=r"missing.safetensors: file not found"):
         parse_lora_arg(str(tmp_path / "missing.safetensors") + ":0.5")
+    vae = tmp_path / "ae.safetensors"
+    save_file({"decoder.conv_in.weight": torch.zeros(8, 16, 3, 3)}, str(vae))
+    with pytest.raises(CheckpointError, match=r"ae.safetensors: no LoRA tensors .* \(it is a FLUX VAE \(16 latent "):
+        parse_lora_arg(f"{vae}:0.5")
     pickle = tmp_path / "old.pt"
     pickle.write_bytes(b"x" * 16)
     with pytest.raises(CheckpointError, match=r"old.pt: pickled checkpoints \(.pt\) are not loaded"):
