@@ -10,6 +10,7 @@ work; (5) counts are combined and rank 0 prints the summary for the whole run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import time
 from pathlib import Path
@@ -162,11 +163,9 @@ class _Writer:
 
     def write(self, job: Job, result, pos: int, seconds: float, batch: list[Job]) -> bool:
         """Sample ``pos`` of the batch ``result``; False when another process recorded this id first."""
-        from ..pipeline import GenerationResult
-
         item_id = job.item.id
-        one = GenerationResult(
-            result.images[pos : pos + 1], result.latents[pos : pos + 1], job.settings, result.model_label
+        one = dataclasses.replace(  # every other field (model label, LoRAs...) as the batch's
+            result, images=result.images[pos : pos + 1], latents=result.latents[pos : pos + 1], settings=job.settings
         )
         data = store.encode_png(one, {"id": item_id, "line": job.item.line, "list": self.prompts.name})
         entry = {
