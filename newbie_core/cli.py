@@ -116,6 +116,7 @@ def _add_batch_command(sub) -> None:
     add_batch_args(batch)
     _add_model_args(batch)
     _add_sampling_args(batch)
+    _add_lora_args(batch)
 
 
 DEMO_PROMPT = """<character_1>

@@ -424,3 +424,27 @@ def test_a_failing_batch_is_reported_with_its_reason_and_the_rest_still_runs(tmp
     code, stdout, _ = run([str(write_list(tmp_path)), "--out", str(out), *ARGS])
     assert code == 0 and "summary: done 2, skipped 3 (already done), failed 0;" in stdout
     assert_complete(out, IDS)
+
+
+def test_lora_is_applied_recorded_and_a_rerun_without_it_is_refused(tmp_path):
+    from test_pipeline_cli import tiny_lora
+
+    lora = tiny_lora(tmp_path / "style.safetensors")
+    out = tmp_path / "out"
+    listing = write_list(tmp_path, LIST[:2])
+    code, _, err = run([str(listing), "--out", str(out), *ARGS, "--lora", f"{lora}:0.5"])
+    assert code == 0, err
+    assert "style.safetensors: PEFT lora_A/lora_B, base_model.model names; 1 modules applied" in err
+    assert [e["lora"] for e in manifest_lines(out)] == [[["style.safetensors", 0.5]]] * 2
+    with Image.open(out / "girl.png") as im:
+        assert json.loads(im.text["newbie"])["loras"] == "style.safetensors:0.5"
+    code, _, err = run([str(listing), "--out", str(out), *ARGS])
+    assert code == 2
+    assert err.strip() == (
+        f"error: {listing}:1: id 'girl' in {out}/manifest.jsonl was made with LoRAs [['style.safetensors', 0.5]], "
+        "this run has []; use another --out"
+    )
+    code, _, err = run([str(listing), "--out", str(tmp_path / "o2"), *ARGS, "--lora", f"{tmp_path}/none.safetensors"])
+    assert code == 2 and err.strip() == (
+        f"error: --lora {tmp_path}/none.safetensors: {tmp_path}/none.safetensors: file not found"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import io
 import time
 from pathlib import Path
 
@@ -100,9 +101,28 @@ def _model_label(tiny: bool) -> str | None:
     return tiny_model.LABEL if tiny else None
 
 
-def check_manifest(jobs: list[Job], manifest: Manifest, out: Path, prompts: Path, tiny: bool) -> list[Job]:
+def _loras(args) -> list:
+    """``--lora`` files checked like generate's (before any model loads); PromptListError carries the message."""
+    from ..cli import _check_loras
+
+    buf = io.StringIO()
+    loras = _check_loras(args, buf)
+    if loras is None:
+        raise PromptListError(buf.getvalue().strip().removeprefix("error: "))
+    return loras
+
+
+def lora_record(loras) -> list:
+    """What the manifest keeps of ``--lora``: file names and strengths (a moved file is still the same LoRA)."""
+    return [[Path(path).name, float(strength)] for path, strength in loras]
+
+
+def check_manifest(
+    jobs: list[Job], manifest: Manifest, out: Path, prompts: Path, tiny: bool, loras: list | None = None
+) -> list[Job]:
     """Refuse a rerun that would silently keep images made from other settings; returns the orphans to redo."""
     tiny_label = _model_label(True)
+    wanted_loras = lora_record(loras or [])
     orphans = []
     for job in jobs:
         entry = manifest.entries.get(job.item.id)
@@ -124,6 +144,11 @@ def check_manifest(jobs: list[Job], manifest: Manifest, out: Path, prompts: Path
                 f"{prompts}:{job.item.line}: id {job.item.id!r} is already in {manifest.path} with other settings "
                 f"({', '.join(differ)}); use another --out, or delete that id's line from the manifest to redo it"
             )
+        if entry.get("lora", []) != wanted_loras:
+            raise PromptListError(
+                f"{prompts}:{job.item.line}: id {job.item.id!r} in {manifest.path} was made with LoRAs "
+                f"{entry.get('lora', [])}, this run has {wanted_loras}; use another --out"
+            )
         if (entry.get("model") == tiny_label) != tiny:
             raise PromptListError(
                 f"{prompts}:{job.item.line}: id {job.item.id!r} in {manifest.path} was made with "
@@ -144,21 +169,26 @@ def verified(jobs: list[Job], manifest: Manifest, out: Path, ranks: Ranks, group
     return [bool(v) for v in group.max(ok).tolist()] if jobs else []
 
 
-def _load(args, device, err):
+def _load(args, device, err, loras=()):
     from ..pipeline import NewBiePipeline
 
     if args.models_dir:
-        return NewBiePipeline.from_models_dir(
+        pipe = NewBiePipeline.from_models_dir(
             args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
         )
-    return NewBiePipeline.tiny(device=device)
+    else:
+        pipe = NewBiePipeline.tiny(device=device)
+    for path, strength in loras:
+        print(pipe.apply_lora(path, strength).report.summary(), file=err)
+    return pipe
 
 
 class _Writer:
     """Writes one image whole and records it once, even if another process made the same id meanwhile."""
 
-    def __init__(self, out: Path, manifest: Manifest, prompts: Path, ranks: Ranks):
+    def __init__(self, out: Path, manifest: Manifest, prompts: Path, ranks: Ranks, loras=()):
         self.out, self.manifest, self.prompts, self.ranks = out, manifest, prompts, ranks
+        self.lora = lora_record(loras)
         self.known_until = manifest.size()
 
     def write(self, job: Job, result, pos: int, seconds: float, batch: list[Job]) -> bool:
@@ -176,6 +206,7 @@ class _Writer:
             "seed": job.settings.seed,
             "settings": job.settings.to_dict(),
             "model": result.model_label,
+            "lora": self.lora,
             "seconds": round(seconds, 3),
             "batch": [j.item.id for j in batch],  # the items it shared its forward with (they fix its last bits)
             "line": job.item.line,
@@ -214,6 +245,7 @@ def run_batch(args, out, err) -> int:
     prompts = Path(args.prompts)
     try:
         _check_flags(args)
+        loras = _loras(args)
         jobs = build_jobs(args, tiny, say)
         device = pick_device(args.device, ranks)
         if args.models_dir:
@@ -226,7 +258,7 @@ def run_batch(args, out, err) -> int:
         say(f"error: {exc}")
         return EXIT_BAD_INPUT
     try:
-        orphans = check_manifest(jobs, manifest, out_dir, prompts, tiny)
+        orphans = check_manifest(jobs, manifest, out_dir, prompts, tiny, loras)
     except NewBieError as exc:
         say(f"error: {exc}")
         manifest.close()
@@ -263,11 +295,11 @@ def run_batch(args, out, err) -> int:
                 flush=True,
             )
             try:
-                pipe = _load(args, device, err)
+                pipe = _load(args, device, err, loras)
             except NewBieError as exc:
                 print(f"error: {ranks.label}: {exc}", file=err)
                 return EXIT_BAD_INPUT
-            writer = _Writer(out_dir, manifest, prompts, ranks)
+            writer = _Writer(out_dir, manifest, prompts, ranks, loras)
             progress.start = time.perf_counter()
             for batch in mine:
                 missing = [j for j in batch if not ok[j.index]]
