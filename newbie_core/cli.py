@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import NewBieError
+from .solvers import SOLVERS
 from .xml_prompt import XMLPromptError, parse
 
 EXIT_BAD_INPUT = 2
@@ -52,7 +53,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="cap the guided velocity norm at this times the conditional one (0 = off)",
     )
-    p.add_argument("--solver", choices=["euler", "midpoint"], default="midpoint")
+    p.add_argument(
+        "--solver",
+        choices=list(SOLVERS),
+        default="midpoint",
+        help="; ".join(f"{s.name}: {s.summary}" for s in SOLVERS.values()),
+    )
     p.add_argument("--shift", type=float, default=6.0, help="time shift of the schedule")
     p.add_argument("--width", type=int, default=None, help="image width in pixels, multiple of 16")
     p.add_argument("--height", type=int, default=None, help="image height in pixels, multiple of 16")

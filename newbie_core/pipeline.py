@@ -163,7 +163,7 @@ class NewBiePipeline:
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
         noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
-        times = sampling.time_grid(settings.steps, settings.shift)
+        times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
         latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
         pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
