@@ -45,7 +45,9 @@ def test_ode_solvers_match_official_odeint(transport, name):
     sampler = transport.Sampler(transport.create_transport("Linear", "velocity"))
     fn = sampler.sample_ode(sampling_method=name, num_steps=grid_points, time_shifting_factor=6.0)
     official = fn(z, velocity_model)[-1]
-    ours = sampling.integrate(lambda x, t: velocity_model(x, torch.tensor(t)), z, sampling.time_grid(grid_points - 1), name)
+    ours = sampling.integrate(
+        lambda x, t: velocity_model(x, torch.tensor(t)), z, sampling.time_grid(grid_points - 1), name
+    )
     assert float((ours - official).abs().max()) < 1e-6
 
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from .attention import sdpa_attention
 from .config import NextDiTConfig
-from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
+from ..weights import FLOAT8_DTYPES
+from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder, residual_dtype
 from .rope import rope_frequencies
 
 
@@ -28,8 +29,10 @@ class NextDiT(nn.Module):
         cfg = config
         self.config = cfg
         self.attention = attention
-        #: Activations are computed in this dtype when set; None means "the dtype of x".
+        #: Matmuls run in this dtype when set; None follows the parameters (bf16 for fp8 storage).
         self.compute_dtype: torch.dtype | None = None
+        #: Optional ``run(blocks, x, *args)`` that replaces the main-layer loop (weight streaming, step cache).
+        self.layer_runner = None
         ops = dict(operations=operations, device=device, dtype=dtype)
 
         self.x_embedder = operations.Linear(cfg.patch_features, cfg.dim, bias=True, device=device, dtype=dtype)
@@ -61,6 +64,13 @@ class NextDiT(nn.Module):
         self.final_layer = FinalLayer(cfg, **ops)
 
     # ------------------------------------------------------------------ helpers
+    def activation_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The matmul dtype: ``compute_dtype`` if set, else the parameters' (fp8 storage computes in bf16)."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        weight = self.x_embedder.weight
+        return torch.bfloat16 if weight.dtype in FLOAT8_DTYPES else weight.dtype
+
     def _check_inputs(self, x, cap_feats, cap_mask, clip_text_pooled):
         cfg = self.config
         if x.ndim != 4:
@@ -128,7 +138,8 @@ class NextDiT(nn.Module):
         attention = attention or self.attention
         cfg = self.config
         out_dtype = x.dtype
-        dtype = self.compute_dtype or x.dtype
+        dtype = self.activation_dtype(x)
+        stream = residual_dtype(dtype)  # float32 under fp16 compute
         x = x.to(dtype)
         b, _, h, w = x.shape
         device = x.device
@@ -160,16 +171,17 @@ class NextDiT(nn.Module):
             [cap_lens[:, None].expand(b, n_img), rows.expand(b, n_img), cols.expand(b, n_img)], dim=-1
         )
 
-        cap = self.cap_embedder(cap_feats.to(dtype))
+        # Gemma states can exceed fp16's range: the input norm reads them in the stream dtype
+        cap = self.cap_embedder[1](self.cap_embedder[0](cap_feats.to(stream), dtype)).to(stream)
         rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         cap_freqs = rope_frequencies(cap_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
         for block in self.context_refiner:
-            cap = block(cap, cap_valid, cap_freqs, None, attention)
+            cap = block(cap, cap_valid, cap_freqs, None, attention, dtype)
 
-        img = self.x_embedder(self.patchify(x))
+        img = self.x_embedder(self.patchify(x)).to(stream)
         img_freqs = rope_frequencies(img_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
         for block in self.noise_refiner:
-            img = block(img, None, img_freqs, c, attention)
+            img = block(img, None, img_freqs, c, attention, dtype)
 
         if padded:
             joint, joint_pos, key_mask, img_index = self._join_padded(cap, img, cap_pos, img_pos, cap_lens)
@@ -178,8 +190,11 @@ class NextDiT(nn.Module):
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
         freqs = rope_frequencies(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
-        for block in self.layers:
-            joint = block(joint, key_mask, freqs, c, attention)
+        if self.layer_runner is not None:
+            joint = self.layer_runner(self.layers, joint, key_mask, freqs, c, attention, dtype)
+        else:
+            for block in self.layers:
+                joint = block(joint, key_mask, freqs, c, attention, dtype)
 
         if img_index is None:
             img_tokens = joint[:, n_cap:]
