@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..weights import FLOAT8_DTYPES
 from .attention import sdpa_attention
 from .config import NextDiTConfig
-from ..weights import FLOAT8_DTYPES
 from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder, residual_dtype
 from .rope import rope_frequencies
 
@@ -33,6 +33,7 @@ class NextDiT(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         #: Optional ``run(blocks, x, *args)`` that replaces the main-layer loop (weight streaming, step cache).
         self.layer_runner = None
+        self._rope_cache: dict = {}
         ops = dict(operations=operations, device=device, dtype=dtype)
 
         self.x_embedder = operations.Linear(cfg.patch_features, cfg.dim, bias=True, device=device, dtype=dtype)
@@ -64,6 +65,17 @@ class NextDiT(nn.Module):
         self.final_layer = FinalLayer(cfg, **ops)
 
     # ------------------------------------------------------------------ helpers
+    def _rope(self, key, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """RoPE tables, reused across sampling steps (positions only depend on the shapes and caption lengths)."""
+        key = (key, positions.device, dtype)
+        table = self._rope_cache.get(key)
+        if table is None:
+            if len(self._rope_cache) >= 12:
+                self._rope_cache.clear()
+            table = rope_frequencies(positions, self.config.axes_dims, self.config.rope_theta, dtype)
+            self._rope_cache[key] = table
+        return table
+
     def activation_dtype(self, x: torch.Tensor) -> torch.dtype:
         """The matmul dtype: ``compute_dtype`` if set, else the parameters' (fp8 storage computes in bf16)."""
         if self.compute_dtype is not None:
@@ -174,12 +186,13 @@ class NextDiT(nn.Module):
         # Gemma states can exceed fp16's range: the input norm reads them in the stream dtype
         cap = self.cap_embedder[1](self.cap_embedder[0](cap_feats.to(stream), dtype)).to(stream)
         rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        cap_freqs = rope_frequencies(cap_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        shape_key = (b, n_cap, grid_h, grid_w, tuple(cap_lens.tolist()) if padded else None)
+        cap_freqs = self._rope(("cap", shape_key), cap_pos, rope_dtype)
         for block in self.context_refiner:
             cap = block(cap, cap_valid, cap_freqs, None, attention, dtype)
 
         img = self.x_embedder(self.patchify(x)).to(stream)
-        img_freqs = rope_frequencies(img_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        img_freqs = self._rope(("img", shape_key), img_pos, rope_dtype)
         for block in self.noise_refiner:
             img = block(img, None, img_freqs, c, attention, dtype)
 
@@ -189,7 +202,7 @@ class NextDiT(nn.Module):
             joint = torch.cat([cap, img], dim=1)
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
-        freqs = rope_frequencies(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        freqs = self._rope(("joint", shape_key), joint_pos, rope_dtype)
         if self.layer_runner is not None:
             joint = self.layer_runner(self.layers, joint, key_mask, freqs, c, attention, dtype)
         else:
