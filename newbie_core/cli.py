@@ -37,6 +37,31 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Memory profile, compile and step cache (issue 9); all off by default."""
+    from .memory import PROFILES
+
+    p.add_argument(
+        "--vram",
+        type=int,
+        choices=sorted(PROFILES),
+        default=None,
+        help="GPU memory profile in GB: "
+        + "; ".join(f"{k}: {v.summary}" for k, v in sorted(PROFILES.items(), reverse=True)),
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the repeated DiT block once (first image pays the compile, later ones are faster)",
+    )
+    p.add_argument(
+        "--step-cache",
+        type=float,
+        default=0.0,
+        help="skip the DiT's main layers on steps whose first-block change is below this (e.g. 0.05; 0 = off)",
+    )
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as the official demo)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, reproducible across devices)")
@@ -79,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8)")
     gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
     _add_model_args(gen)
+    _add_speed_args(gen)
     _add_sampling_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
+    _add_speed_args(create)
     _add_sampling_args(create)
     return parser
 
@@ -109,11 +136,24 @@ def _load_pipeline(args, out):
     if args.models_dir:
         print(f"loading NewBie models from {args.models_dir} ...", file=out)
         pipe = NewBiePipeline.from_models_dir(
-            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
+            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram, vram=args.vram
         )
-        return pipe, False
+        return _speed_options(pipe, args), False
     print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
-    return NewBiePipeline.tiny(device=device), True
+    pipe = NewBiePipeline.tiny(device=device)
+    if args.vram:
+        from .memory import apply_profile, get_profile
+
+        apply_profile(pipe, get_profile(args.vram))  # the tiny model keeps its fp32 weights (no fp8 storage)
+    return _speed_options(pipe, args), True
+
+
+def _speed_options(pipe, args):
+    if args.compile:
+        from .dit.compile import compile_repeated_block
+
+        compile_repeated_block(pipe.transformer)
+    return pipe
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
@@ -133,6 +173,7 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
         width=args.width or size,
         height=args.height or size,
         system_prompt=args.system_prompt,
+        step_cache=args.step_cache,
     )
 
 
@@ -208,6 +249,7 @@ def cmd_generate(args, out, err) -> int:
         settings.validate()
         result = pipe.generate(settings, progress=Progress(err))
         write_png(result, output)
+        print(result.memory.report(), file=err)
     except (NewBieError, FileExistsError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_BAD_INPUT
