@@ -36,14 +36,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        dtype = dtype or x.dtype
-        weight = self.weight.to(device=x.device, dtype=dtype)
-        xf = upcast(x)
-        if _fused_rms_norm is None:  # torch < 2.4
-            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype) * weight
-        if xf.dtype == dtype:  # one kernel; bitwise equal to normalise-then-scale in float32/float64
-            return _fused_rms_norm(xf, (xf.shape[-1],), weight, self.eps)
-        return _fused_rms_norm(xf, (xf.shape[-1],), eps=self.eps).to(dtype) * weight
+        return rms_norm(x, self.weight, self.eps, dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The RMSNorm maths (normalise in float32 or better, cast to ``dtype``, scale); hosts call it with cast weights."""
+    dtype = dtype or x.dtype
+    weight = weight.to(device=x.device, dtype=dtype)
+    xf = upcast(x)
+    if _fused_rms_norm is None:  # torch < 2.4
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dtype) * weight
+    if xf.dtype == dtype:  # one kernel; bitwise equal to normalise-then-scale in float32/float64
+        return _fused_rms_norm(xf, (xf.shape[-1],), weight, eps)
+    return _fused_rms_norm(xf, (xf.shape[-1],), eps=eps).to(dtype) * weight
+
+
+def norm_class(operations) -> type:
+    """The RMSNorm to build: a host may supply a subclass (``operations.NewBieRMSNorm``) that casts like its ops."""
+    return getattr(operations, "NewBieRMSNorm", RMSNorm)
 
 
 def residual_dtype(compute: torch.dtype) -> torch.dtype:
@@ -92,8 +102,9 @@ class JointAttention(nn.Module):
         self.qkv = operations.Linear(cfg.dim, qkv_out, bias=False, device=device, dtype=dtype)
         self.out = operations.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, device=device, dtype=dtype)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+            norm = norm_class(operations)
+            self.q_norm = norm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+            self.k_norm = norm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
@@ -137,10 +148,11 @@ class JointTransformerBlock(nn.Module):
         super().__init__()
         self.attention = JointAttention(cfg, operations, device, dtype)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, operations, device, dtype)
-        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        norm = norm_class(operations)
+        self.attention_norm1 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm1 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.attention_norm2 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm2 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
         self.modulation = modulation
         if modulation:
             self.adaLN_modulation = nn.Sequential(

@@ -12,7 +12,7 @@ from torch import nn
 from ..weights import FLOAT8_DTYPES
 from .attention import sdpa_attention
 from .config import NextDiTConfig
-from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder, residual_dtype
+from .layers import AttentionFn, FinalLayer, JointTransformerBlock, TimestepEmbedder, norm_class, residual_dtype
 from .rope import rope_frequencies
 
 
@@ -35,6 +35,7 @@ class NextDiT(nn.Module):
         self.layer_runner = None
         self._rope_cache: dict = {}
         ops = dict(operations=operations, device=device, dtype=dtype)
+        RMSNorm = norm_class(operations)  # noqa: N806
 
         self.x_embedder = operations.Linear(cfg.patch_features, cfg.dim, bias=True, device=device, dtype=dtype)
         self.t_embedder = TimestepEmbedder(cfg.adaln_dim, **ops)
