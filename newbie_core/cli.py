@@ -37,6 +37,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cache_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (0 = off), not {text}")
+    return value
+
+
 def _add_speed_args(p: argparse.ArgumentParser) -> None:
     """Memory profile, compile and step cache (issue 9); all off by default."""
     from .memory import PROFILES
@@ -56,7 +66,7 @@ def _add_speed_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--step-cache",
-        type=float,
+        type=_cache_threshold,
         default=0.0,
         help="skip the DiT's main layers on steps whose first-block change is below this (e.g. 0.05; 0 = off)",
     )

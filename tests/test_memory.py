@@ -79,3 +79,10 @@ def test_pipeline_step_cache_zero_is_the_uncached_run_and_a_threshold_is_recorde
     assert cached.metadata()["step_cache"] == 0.5
     assert pipe.transformer.layer_runner is None  # restored after the run
     assert torch.isfinite(cached.latents).all() and not torch.equal(cached.latents, plain.latents)
+
+
+def test_bad_step_cache_flag_is_one_line_before_any_model_loads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--step-cache", "2"], stdout=io.StringIO(), stderr=io.StringIO())
+    assert exit_info.value.code == 2
+    assert "argument --step-cache: must be from 0 to 1 (0 = off), not 2" in capsys.readouterr().err
