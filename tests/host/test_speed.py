@@ -190,3 +190,39 @@ def test_sampler_node_solvers_retrace_newbie_core(node_classes, ckpt, comfy, sol
     # official grid is float32 too), while newbie_core keeps the grid in float64
     tolerance = {"rk4": 1e-3, "dpm": 3e-3}.get(solver, 1e-4)
     assert torch.allclose(out, from_dit_latent(ref), atol=tolerance)
+
+
+def test_loader_compile_option_shares_one_graph_across_sampling_runs(node_classes, ckpt, comfy, monkeypatch):
+    import comfy.sample
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    import newbie_core.dit.compile as compile_module
+
+    counter = CompileCounterWithBackend("eager")  # inductor takes minutes on this CPU; the graph logic is the same
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        compile_module.torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, dynamic=True)
+    )
+    torch._dynamo.reset()
+    compiled = node_classes["NewBieDiTLoader"].execute("newbie_tiny.safetensors", "fp32", True).result[0]
+    eager = load(node_classes, "fp32")
+    cfg = ckpt.config
+    gen = torch.Generator().manual_seed(6)
+    positive = [
+        [torch.randn(1, 6, cfg.cap_feat_dim, generator=gen), {"pooled_output": torch.randn(1, 24, generator=gen)}]
+    ]
+    negative = [
+        [torch.randn(1, 2, cfg.cap_feat_dim, generator=gen), {"pooled_output": torch.randn(1, 24, generator=gen)}]
+    ]
+    latent = torch.zeros(1, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 1)
+
+    def run(model, cfg_scale):
+        return comfy.sample.sample(model, noise, 3, cfg_scale, "euler", "simple", positive, negative, latent, seed=1)
+
+    out = run(compiled, 4.0)
+    first = counter.frame_count
+    run(compiled, 1.0)  # CFG off: batch 1, no mask
+    run(compiled, 4.0)
+    assert 1 <= first and counter.frame_count <= first + 1
+    assert torch.allclose(out, run(eager, 4.0), atol=1e-4)
