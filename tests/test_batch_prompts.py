@@ -38,7 +38,9 @@ def test_item_keys_are_generates_sampling_flags():
         "system_prompt",
     }
     assert FIELDS["steps"].kind is int and FIELDS["cfg"].kind is float and FIELDS["negative"].kind is str
-    assert FIELDS["solver"].choices == ("euler", "midpoint")
+    from newbie_core.solvers import SOLVERS
+
+    assert FIELDS["solver"].choices == tuple(SOLVERS)  # the solver registry, read through the flag
 
 
 def test_jsonl_items_with_ids_overrides_and_line_numbers(tmp_path):
@@ -107,8 +109,8 @@ def test_csv_with_header_typed_cells_empty_cells_and_multiline_quotes(tmp_path):
         ("p.jsonl", '{"prompt": "a", "cfg": NaN}\n', "p.jsonl:1: 'cfg' must be a finite number, got nan"),
         (
             "p.jsonl",
-            '{"prompt": "a", "solver": "rk4"}\n',
-            "p.jsonl:1: 'solver' must be one of euler, midpoint, got 'rk4'",
+            '{"prompt": "a", "solver": "rk9"}\n',
+            "p.jsonl:1: 'solver' must be one of euler, midpoint, rk4, dpm, got 'rk9'",
         ),
         (
             "p.jsonl",

@@ -170,16 +170,10 @@ def verified(jobs: list[Job], manifest: Manifest, out: Path, ranks: Ranks, group
 
 
 def _load(args, device, err, loras=()):
-    from ..pipeline import NewBiePipeline
+    """generate's loader (models, --vram profile, --lora, --compile) on this rank's device."""
+    from ..cli import _load_pipeline
 
-    if args.models_dir:
-        pipe = NewBiePipeline.from_models_dir(
-            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
-        )
-    else:
-        pipe = NewBiePipeline.tiny(device=device)
-    for path, strength in loras:
-        print(pipe.apply_lora(path, strength).report.summary(), file=err)
+    pipe, _ = _load_pipeline(argparse.Namespace(**{**vars(args), "device": str(device)}), err, loras)
     return pipe
 
 
