@@ -192,7 +192,7 @@ def read_prompt_file(label: str, value) -> str:
     path = validation.existing_file(label, value)
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")  # a BOM is dropped with the other prompt checks
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{label} {value}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
