@@ -43,7 +43,7 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .dtypes import help_text
+    from .dtypes import dtype_names
 
     p.add_argument(
         "--models-dir",
@@ -54,7 +54,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        help=f"weight dtype for real models (default: bf16 on GPU, fp32 on CPU). {help_text()}",
+        help=f"weight dtype for real models: {', '.join(dtype_names())} (default: bf16 on GPU, fp32 on CPU; "
+        "what each means is listed below)",
     )
     p.add_argument(
         "--low-vram",
@@ -108,10 +109,22 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _epilog() -> str:
+    from .dtypes import help_text
+
+    return (
+        f"Without --models-dir the embedded tiny smoke-test model runs ({TINY_SIZE}x{TINY_SIZE} by default;\n"
+        "random weights: its pictures are structured noise).\n"
+        "Exit codes: 0 done, 2 bad input (nothing loaded or written), 1 failure while running, 130 Ctrl-C.\n\n"
+        "--dtype on GPU and CPU:\n" + help_text()
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate one image")
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": _epilog()}
+    gen = sub.add_parser("generate", help="generate one image", **raw)
     src = gen.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text: XML, tags or natural language (default: a demo XML prompt)")
     src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8; a BOM is ignored)")
@@ -123,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_sampling_args(gen)
     _add_common_args(gen)
-    create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
+    create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image", **raw)
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
@@ -425,6 +438,11 @@ def cmd_create(args, inp, out, err, label) -> int:
                 continue
             except NewBieError as exc:
                 print(f"error: {exc}; the session goes on", file=out)
+                continue
+            except Exception as exc:  # out of memory and the like: this image failed, the session survives
+                if args.debug:
+                    traceback.print_exc(file=err)
+                print(f"error: {_one_line(exc)}; the session goes on", file=out)
                 continue
             print(f"wrote {path}", file=out)
     except KeyboardInterrupt:

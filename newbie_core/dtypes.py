@@ -34,22 +34,22 @@ DTYPES: tuple[DType, ...] = (
         "bfloat16",
         ("bfloat16",),
         gpu="bfloat16 weights and compute (GPU default; half the memory of fp32)",
-        cpu="bfloat16 weights (half the memory); the VAE decodes in bf16 where the CPU has bf16 kernels "
-        "(AVX-512, AMX, Arm BF16), else in fp32 (bf16 convolutions are 10x slower there)",
+        cpu="half the memory; with bf16 CPU kernels (AVX-512, AMX, Arm BF16) faster than fp32,\n"
+        "                   elsewhere the VAE decodes in fp32 (bf16 convolutions are slow there)",
     ),
     DType(
         "fp16",
         "float16",
         ("float16", "half"),
-        gpu="float16 weights and compute; the VAE decodes in fp32 (fp16 overflows there)",
-        cpu="float16 weights; the VAE decodes in fp32; slow on most CPUs",
+        gpu="float16 weights and compute, the VAE decodes in fp32 (fp16 overflows there)",
+        cpu="float16 weights, the VAE decodes in fp32; slow on most CPUs",
     ),
     DType(
         "fp32",
         "float32",
         ("float32", "float"),
         gpu="full precision, twice the memory of bf16",
-        cpu="full precision (CPU default; the fastest on CPUs)",
+        cpu="full precision (CPU default)",
     ),
     DType(
         "fp8_e4m3fn",
@@ -130,5 +130,9 @@ def vae_dtype(weights: torch.dtype, device) -> torch.dtype:
 
 
 def help_text() -> str:
-    """One line per dtype for ``--help``: what it means on GPU and on CPU."""
-    return "; ".join(f"{d.name}: GPU {d.gpu}, CPU {d.cpu}" for d in DTYPES if d.torch is not None)
+    """A small table for ``--help``: what each dtype means on a GPU and on a CPU."""
+    rows = []
+    for d in DTYPES:
+        if d.torch is not None:
+            rows += [f"  {d.name:<11} GPU: {d.gpu}", f"  {'':<11} CPU: {d.cpu}"]
+    return "\n".join(rows)

@@ -339,14 +339,17 @@ def test_prose_with_angle_brackets_is_plain_text_with_a_warning(tmp_path):
 
 
 def test_help_shows_defaults_sizes_and_dtypes():
+    from newbie_core.dtypes import dtype_names
+
     code, out, _ = run(["generate", "--help"])
     assert code == 0
     text = " ".join(out.split())
     assert f"(default: {OFFICIAL.steps};" in text and f"(default: {OFFICIAL.cfg:g})" in text
     assert f"(default: {OFFICIAL.cfg_trunc:g})" in text and f"(default: {OFFICIAL.shift:g})" in text
     assert f"{TINY_SIZE}x{TINY_SIZE} by default" in text and f"{TINY_SIZE} for the embedded tiny model" in text
-    for name in ("bf16: GPU", "fp16: GPU", "fp32: GPU", "CPU full precision (CPU default"):
-        assert name in text
+    for name in dtype_names():
+        assert f"  {name:<11} GPU: " in out and f"{'':<11} CPU: " in out
+    assert "fp32        GPU: full precision" in out and "CPU: full precision (CPU default)" in out
 
 
 def test_one_source_for_defaults():
