@@ -60,7 +60,7 @@ print(json.dumps(results))
 
 
 def test_ctrl_c_message_matches_the_files_at_every_moment(tmp_path):
-    delays = ["0.0", "0.02", "0.1", "0.3", "0.6", "1.0", "1.6", "2.5"]
+    delays = ["0.0", "0.05", "0.3", "0.8", "1.5"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-c", HARNESS, str(tmp_path), *delays], capture_output=True, text=True, env=env, timeout=600
@@ -167,7 +167,7 @@ def test_create_keeps_the_prompt_after_a_bad_answer_and_survives_a_failed_write(
     assert out.rstrip().endswith("bye")
 
 
-def test_ctrl_c_during_a_create_image_goes_back_to_the_prompt(tmp_path, monkeypatch):
+def test_ctrl_c_or_a_failure_during_a_create_image_goes_back_to_the_prompt(tmp_path, monkeypatch):
     real = NewBiePipeline.generate
     calls = []
 
@@ -175,15 +175,18 @@ def test_ctrl_c_during_a_create_image_goes_back_to_the_prompt(tmp_path, monkeypa
         calls.append(settings.prompt)
         if len(calls) == 1:
             raise KeyboardInterrupt
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
         return real(self, settings, progress)
 
     monkeypatch.setattr(NewBiePipeline, "generate", generate)
-    code, out, _ = run_create(tmp_path, "first\n\na\n1\nsecond\n\nb\n1\n")
+    code, out, _ = run_create(tmp_path, "first\n\na\n1\nsecond\n\nb\n1\nthird\n\nc\n1\n")
     assert code == 0
     assert "interrupted; this image was not written; back to the prompt (Ctrl-C again to leave)" in out
+    assert "error: RuntimeError: CUDA out of memory; the session goes on" in out
     (session,) = tmp_path.iterdir()
-    assert os.listdir(session) == ["b.png"]
-    assert calls == ["first", "second"]
+    assert os.listdir(session) == ["c.png"]
+    assert calls == ["first", "second", "third"]
 
 
 def run_create(tmp_path, stdin):
