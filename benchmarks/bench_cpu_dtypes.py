@@ -59,7 +59,7 @@ def main() -> None:
             (
                 str(dtype).removeprefix("torch."),
                 median_time(lambda: vae.decode_dit(latent), args.repeat),
-                median_time(lambda: dit(x, t, caps.to(dtype), mask, pooled.to(dtype)), args.repeat),
+                median_time(lambda x=x, t=t, d=dtype: dit(x, t, caps.to(d), mask, pooled.to(d)), args.repeat),
                 median_time(lambda: encoders.encode_ids(gemma_rows, jina_rows), args.repeat),
             )
         )
