@@ -275,24 +275,12 @@ class Progress:
             print(line, file=self.out)
 
 
-def validate_prompt(prompt: str) -> list[str]:
-    """Raises XMLPromptError for malformed XML; returns warnings as text."""
-    from .xml_prompt import parse
-
-    return [str(w) for w in parse(prompt).warnings]
-
-
 def write_image(result, target: validation.OutputTarget) -> Path:
     """Atomic, never overwriting, format from the target (see ``newbie_core.image_files``)."""
     from . import image_files
     from .pipeline import png_metadata
 
     return image_files.save(result.images[0], target, png_metadata(result))
-
-
-def write_png(result, path: Path) -> Path:
-    """Kept for callers of the first version: ``write_image`` to a PNG path."""
-    return write_image(result, validation.OutputTarget(Path(path), "PNG"))
 
 
 def interrupted_message(path: Path | None, nothing: str = "interrupted before any image was written") -> str:

@@ -12,7 +12,8 @@ Adding a check for a new setting or flag (other features do this):
   ``(value, label, settings) -> None``; it then runs for the pipeline and for every CLI command;
 * a CLI-only flag (a file to read, a folder): ``@arg_check`` on a function ``(args, label) -> None``;
   ``args`` is the argparse namespace, ``label(dest)`` gives the flag's name. The CLI runs every
-  registered arg check before it loads anything.
+  registered arg check before it loads anything, for every subcommand, so read flags with
+  ``getattr(args, dest, None)``; a check may store the cleaned value back (``args.x = path``).
 
 The building blocks (:func:`finite`, :func:`whole`, :func:`strength`, :func:`choice`,
 :func:`existing_file`, :func:`output_target` ...) are public for those checks to reuse.
