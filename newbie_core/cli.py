@@ -109,6 +109,16 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (any NewBie format) at STRENGTH (default 1.0 = as trained, alpha/r); repeatable",
+    )
+
+
 def _epilog() -> str:
     from .dtypes import help_text
 
@@ -135,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(gen)
     _add_sampling_args(gen)
+    _add_lora_args(gen)
     _add_common_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image", **raw)
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
+    _add_lora_args(create)
     _add_common_args(create)
     return parser
 
@@ -201,6 +213,19 @@ def _check_device_and_dtype(args, label):
         raise ConfigError(f"{label('dtype')}: {exc}") from None
 
 
+@validation.arg_check
+def _check_loras(args, label):
+    """Every --lora parsed and its file validated before any model loads; kept as ``args.lora_files``."""
+    from .lora import parse_lora_arg
+
+    args.lora_files = []
+    for text in getattr(args, "lora", None) or []:
+        try:
+            args.lora_files.append(parse_lora_arg(text))
+        except NewBieError as exc:
+            raise ConfigError(f"{label('lora')} {text}: {exc}") from None
+
+
 def read_prompt_file(label: str, value) -> str:
     path = validation.existing_file(label, value)
     data = path.read_bytes()
@@ -224,7 +249,7 @@ def checked_prompt(label: str, text: str, err) -> str:
 # ------------------------------------------------------------------------------ running
 
 
-def _load_pipeline(args, out):
+def _load_pipeline(args, out, loras=()):
     from .pipeline import NewBiePipeline
 
     if args.models_dir:
@@ -232,9 +257,13 @@ def _load_pipeline(args, out):
         pipe = NewBiePipeline.from_models_dir(
             args.models_dir, device=args.device, dtype=args.dtype, offload_text_encoders=args.low_vram
         )
-        return pipe, False
-    print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
-    return NewBiePipeline.tiny(device=args.device), True
+        tiny = False
+    else:
+        print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
+        pipe, tiny = NewBiePipeline.tiny(device=args.device), True
+    for path, strength in loras:
+        print(pipe.apply_lora(path, strength).report.summary(), file=out)
+    return pipe, tiny
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
@@ -308,7 +337,7 @@ def cmd_generate(args, out, err, label) -> int:
     validation.check_args(args, label)
     target = validation.output_target(label("output"), args.output or "outputs/", _default_name(args.seed))
     try:
-        pipe, tiny = _load_pipeline(args, out)
+        pipe, tiny = _load_pipeline(args, out, args.lora_files)
         result = pipe.generate(_settings(args, prompt, tiny), progress=Progress(err))
         write_image(result, target)
         print(f"wrote {target.path}", file=out)
@@ -412,7 +441,7 @@ def cmd_create(args, inp, out, err, label) -> int:
             path = None
             try:
                 if pipe is None:
-                    pipe, tiny = _load_pipeline(args, out)
+                    pipe, tiny = _load_pipeline(args, out, args.lora_files)
                 result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
                 path = _unique(session, stem, ext)
                 write_image(result, validation.OutputTarget(path, validation.IMAGE_FORMATS[ext]))

@@ -296,6 +296,13 @@ def _system_prompt(value, label, _settings):
     choice(label, value, PRESETS)
 
 
+@setting_check("prompt_escapes")
+def _escapes(value, label, _settings):
+    from .text.conditioning import ESCAPE_MODES
+
+    choice(label, value, ESCAPE_MODES)
+
+
 @setting_check("prompt", "negative_prompt")
 def _prompt(value, label, _settings):
     if not isinstance(value, str):
