@@ -64,8 +64,43 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cache_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (0 = off), not {text}")
+    return value
+
+
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Memory profile, compile and step cache (issue 9); all off by default."""
+    from .memory import PROFILES
+
+    p.add_argument(
+        "--vram",
+        type=int,
+        choices=sorted(PROFILES),
+        default=None,
+        help="GPU memory profile in GB: "
+        + "; ".join(f"{k}: {v.summary}" for k, v in sorted(PROFILES.items(), reverse=True)),
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the repeated DiT block once (first image pays the compile, later ones are faster)",
+    )
+    p.add_argument(
+        "--step-cache",
+        type=_cache_threshold,
+        default=0.0,
+        help="skip the DiT's main layers on steps whose first-block change is below this (e.g. 0.05; 0 = off)",
+    )
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    from . import sampling
+    from .solvers import SOLVERS
     from .text.conditioning import PRESETS
 
     o = OFFICIAL
@@ -95,7 +130,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         default=o.renorm,
         help=f"cap the guided velocity norm at this times the conditional one; 0 = off (default: {o.renorm:g})",
     )
-    p.add_argument("--solver", choices=list(sampling.SOLVERS), default=o.solver, help=f"(default: {o.solver})")
+    p.add_argument(
+        "--solver",
+        choices=list(SOLVERS),
+        default=o.solver,
+        help="; ".join(f"{s.name}: {s.summary}" for s in SOLVERS.values()) + f" (default: {o.solver})",
+    )
     p.add_argument("--shift", type=float, default=o.shift, help=f"time shift of the schedule (default: {o.shift:g})")
     size_help = f"multiple of 16, at most {MAX_SIDE} (default: {o.width}; {TINY_SIZE} for the embedded tiny model)"
     p.add_argument("--width", type=int, default=None, help="image width in pixels, " + size_help)
@@ -144,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         "newbie_<time>_<seed>.png into it (default: outputs/); never overwritten",
     )
     _add_model_args(gen)
+    _add_speed_args(gen)
     _add_sampling_args(gen)
     _add_lora_args(gen)
     _add_common_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image", **raw)
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
+    _add_speed_args(create)
     _add_sampling_args(create)
     _add_lora_args(create)
     _add_common_args(create)
@@ -255,15 +297,31 @@ def _load_pipeline(args, out, loras=()):
     if args.models_dir:
         print(f"loading NewBie models from {args.models_dir} ...", file=out)
         pipe = NewBiePipeline.from_models_dir(
-            args.models_dir, device=args.device, dtype=args.dtype, offload_text_encoders=args.low_vram
+            args.models_dir,
+            device=args.device,
+            dtype=args.dtype,
+            offload_text_encoders=args.low_vram,
+            vram=args.vram,
         )
         tiny = False
     else:
         print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
         pipe, tiny = NewBiePipeline.tiny(device=args.device), True
+        if args.vram:
+            from .memory import apply_profile, get_profile
+
+            apply_profile(pipe, get_profile(args.vram))  # the tiny model keeps its fp32 weights (no fp8 storage)
     for path, strength in loras:
         print(pipe.apply_lora(path, strength).report.summary(), file=out)
-    return pipe, tiny
+    return _speed_options(pipe, args), tiny
+
+
+def _speed_options(pipe, args):
+    if args.compile:
+        from .dit.compile import compile_repeated_block
+
+        compile_repeated_block(pipe.transformer)
+    return pipe
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
@@ -284,6 +342,7 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
         height=size if args.height is None else args.height,
         system_prompt=args.system_prompt,
         allow_large=args.allow_large,
+        step_cache=args.step_cache,
     )
 
 
@@ -340,6 +399,7 @@ def cmd_generate(args, out, err, label) -> int:
         pipe, tiny = _load_pipeline(args, out, args.lora_files)
         result = pipe.generate(_settings(args, prompt, tiny), progress=Progress(err))
         write_image(result, target)
+        print(result.memory.report(), file=err)
         print(f"wrote {target.path}", file=out)
     except KeyboardInterrupt:
         print("\n" + interrupted_message(target.path), file=err)

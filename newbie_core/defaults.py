@@ -45,6 +45,7 @@ RANGES = {
     "renorm": Range(0.0, 10.0),
     "shift": Range(0.01, 100.0),
     "strength": Range(0.0, 1.0),
+    "step_cache": Range(0.0, 1.0),
 }
 
 #: Image sides are multiples of this (VAE factor 8 x DiT patch 2).

@@ -41,6 +41,8 @@ class GenerationSettings:
     negative_system_prompt: str = "auto"
     #: Allow sides above MAX_SIDE (4096) up to MAX_SIDE_LARGE; off so a typo cannot start an hour-long run.
     allow_large: bool = False
+    #: Step cache threshold (0 = off): skip the main layers while the first block's residual barely changes.
+    step_cache: float = 0.0
     #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
     prompt_escapes: str = "unescape"
 
@@ -58,8 +60,8 @@ class GenerationResult:
     latents: torch.Tensor
     settings: GenerationSettings
     model_label: str
-
     loras: list[str] = dataclasses.field(default_factory=list)
+    memory: object = None  # newbie_core.memory.StageMemory of this run
 
     def metadata(self) -> dict:
         meta = {"model": self.model_label, **self.settings.to_dict()}
@@ -85,6 +87,7 @@ class NewBiePipeline:
         self.label = label
         #: Keep Gemma and Jina (about 9 GB in bf16) in CPU memory except while encoding.
         self.offload_text_encoders = offload_text_encoders
+        self.profile = None  # a newbie_core.memory.MemoryProfile once apply_profile ran
         #: LoRAs merged into the transformer, as ``name:strength`` (recorded in the PNG metadata).
         self.loras: list[str] = []
 
@@ -99,25 +102,36 @@ class NewBiePipeline:
         return pipe.to(device)
 
     @classmethod
-    def from_models_dir(cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False) -> NewBiePipeline:
+    def from_models_dir(
+        cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False, vram=None
+    ) -> NewBiePipeline:
         """Load real weights from a ComfyUI ``models/`` folder or the official HF layout (``~`` is expanded).
 
-        The device and dtype are checked before any file is opened. The VAE decodes in fp32 for fp16 weights
-        (fp16 overflows there) and for bf16 on CPUs without bf16 kernels (``dtypes.vae_dtype``).
+        The device and dtype are checked before any file is opened. ``vram`` (6, 8, 12 or 24 GB) applies a
+        :mod:`newbie_core.memory` profile. The VAE decodes in fp32 for fp16 weights (fp16 overflows there) and
+        for bf16 on CPUs without native bf16 kernels (``dtypes.vae_dtype``).
         """
+        from . import memory
         from .dit import load_transformer
         from .text import load_text_encoders
         from .vae import load_vae
 
         device = validation.device("device", device)
-        dtype = parse_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        profile = memory.get_profile(vram)
+        dtype = parse_dtype(dtype) or default_compute_dtype(device)
         found = find_model_files(Path(str(models_dir)).expanduser())
-        transformer = load_transformer(found["transformer"], dtype=dtype, device=device)
-        te_device = "cpu" if offload_text_encoders else device
+        offload = offload_text_encoders or bool(profile and profile.offload_text_encoders)
+        staged = "cpu" if profile and (profile.stream_dit or profile.stream_text_encoders) else device
+        storage = (profile and profile.dit_storage) or dtype
         compute = torch.bfloat16 if dtype in FLOAT8_DTYPES else dtype  # fp8 is a storage format for the DiT only
+        transformer = load_transformer(found["transformer"], dtype=storage, device=staged, compute_dtype=compute)
+        te_device = "cpu" if offload or staged == "cpu" else device
         encoders = load_text_encoders(found["gemma"], found["jina"], dtype=compute, device=te_device)
         vae = load_vae(found["vae"], dtype=vae_dtype(dtype, device), device=device)
-        return cls(transformer, encoders, vae, device=device, offload_text_encoders=offload_text_encoders)
+        pipe = cls(transformer, encoders, vae, device=device, offload_text_encoders=offload)
+        if profile is not None:
+            memory.apply_profile(pipe, profile)
+        return pipe
 
     def apply_lora(self, path, strength: float = 1.0, block_strengths=None):
         """Merge a LoRA (any format newbie_core.lora reads) into the transformer; returns its plan and report."""
@@ -135,16 +149,18 @@ class NewBiePipeline:
         return self
 
     def _encode(self, gemma_rows, jina_rows):
+        from .memory import place
+
         enc = self.text_encoders
         if not self.offload_text_encoders:
             return enc.encode_ids(gemma_rows, jina_rows)
         try:
-            enc.gemma.to(self.device)
-            enc.jina.to(self.device)
+            place(enc.gemma, self.device)
+            place(enc.jina, self.device)
             return enc.encode_ids(gemma_rows, jina_rows)
         finally:
-            enc.gemma.to("cpu")
-            enc.jina.to("cpu")
+            place(enc.gemma, "cpu")
+            place(enc.jina, "cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -154,9 +170,13 @@ class NewBiePipeline:
         self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         settings.validate()
+        from .dit.step_cache import StepCache
+        from .memory import StageMemory
+        from .text.conditioning import apply_escapes, gemma_text
+
         b = settings.batch_size
         enc = self.text_encoders
-        from .text.conditioning import apply_escapes, gemma_text
+        stages = StageMemory(self.device)
 
         prompt = apply_escapes(settings.prompt, settings.prompt_escapes)
         negative = apply_escapes(settings.negative_prompt, settings.prompt_escapes)
@@ -165,7 +185,8 @@ class NewBiePipeline:
             + [gemma_text(negative, settings.negative_system_prompt)] * b
         )
         jina_rows = enc.jina_ids([prompt] * b + [negative] * b)
-        conds = self._encode(gemma_rows, jina_rows)
+        with stages.stage("encode"):
+            conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
         pooled = conds.pooled.to(self.device)
@@ -182,16 +203,34 @@ class NewBiePipeline:
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
         noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
-        times = sampling.time_grid(settings.steps, settings.shift)
+        times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
-        latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
-        pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
-        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras))
+        saved_runner = dit.layer_runner
+        if settings.step_cache > 0:
+            dit.layer_runner = StepCache(settings.step_cache)
+        try:
+            with stages.stage("sample"):
+                latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+        finally:
+            dit.layer_runner = saved_runner
+        with stages.stage("decode"):
+            pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras), memory=stages)
 
-    @staticmethod
-    def _decode_tile(latents: torch.Tensor) -> int | None:
-        """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend)."""
+    def _decode_tile(self, latents: torch.Tensor) -> int | None:
+        """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend); profiles tile sooner."""
+        profile_tile = self.profile.vae_tile if self.profile is not None else None
+        if profile_tile and max(latents.shape[-2:]) > profile_tile:
+            return profile_tile
         return None if latents.shape[-1] * latents.shape[-2] <= 256 * 256 else 128
+
+
+def default_compute_dtype(device) -> torch.dtype:
+    """bf16 on GPUs that have it, fp16 on those that do not (RTX 20xx, GTX 16xx, T4, V100), fp32 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def to_pil(pixels: torch.Tensor) -> list:

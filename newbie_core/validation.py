@@ -268,7 +268,7 @@ def _register_range(name: str) -> None:
         finite(label, value, RANGES[name])
 
 
-for _name in ("cfg", "cfg_trunc", "renorm", "shift"):
+for _name in ("cfg", "cfg_trunc", "renorm", "shift", "step_cache"):
     _register_range(_name)
 
 
@@ -284,9 +284,9 @@ def _batch(value, label, _settings):
 
 @setting_check("solver")
 def _solver(value, label, _settings):
-    from . import sampling
+    from .solvers import SOLVERS  # the solver registry
 
-    choice(label, value, sampling.SOLVERS)
+    choice(label, value, SOLVERS)
 
 
 @setting_check("system_prompt", "negative_system_prompt")

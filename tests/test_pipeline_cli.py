@@ -69,7 +69,7 @@ def test_pipeline_sampling_matches_hand_written_cfg_loop(pipe):
     [
         (dict(width=100), "width must be a positive multiple of 16, got 100"),
         (dict(steps=0), "steps must be between 1 and 1000, got 0"),
-        (dict(solver="rk4"), "solver 'rk4' is not known; choose one of: euler, midpoint"),
+        (dict(solver="rk45"), "solver 'rk45' is not known; choose one of: euler, midpoint, rk4, dpm"),
     ],
 )
 def test_impossible_settings(pipe, kwargs, message):
