@@ -35,6 +35,7 @@ def test_item_keys_are_generates_sampling_flags():
         "shift",
         "width",
         "height",
+        "allow_large",
         "system_prompt",
     }
     assert FIELDS["steps"].kind is int and FIELDS["cfg"].kind is float and FIELDS["negative"].kind is str
@@ -101,7 +102,7 @@ def test_csv_with_header_typed_cells_empty_cells_and_multiline_quotes(tmp_path):
         (
             "p.jsonl",
             '\n\n{"prompt": "a", "negtive": "b"}\n',
-            "p.jsonl:3: unknown key 'negtive'; known: prompt, id, negative, seed, steps, cfg, cfg_trunc, renorm, solver, shift, width, height, system_prompt",
+            "p.jsonl:3: unknown key 'negtive'; known: prompt, id, negative, seed, steps, cfg, cfg_trunc, renorm, solver, shift, width, height, allow_large, system_prompt",
         ),
         ("p.jsonl", '{"prompt": "a", "steps": "20"}\n', "p.jsonl:1: 'steps' must be a whole number, got '20'"),
         ("p.jsonl", '{"prompt": "a", "steps": 2.5}\n', "p.jsonl:1: 'steps' must be a whole number, got 2.5"),
@@ -138,7 +139,7 @@ def test_csv_with_header_typed_cells_empty_cells_and_multiline_quotes(tmp_path):
         (
             "p.csv",
             "prompt,step\na,1\n",
-            "p.csv:1: unknown column 'step'; known: prompt, id, negative, seed, steps, cfg, cfg_trunc, renorm, solver, shift, width, height, system_prompt",
+            "p.csv:1: unknown column 'step'; known: prompt, id, negative, seed, steps, cfg, cfg_trunc, renorm, solver, shift, width, height, allow_large, system_prompt",
         ),
         ("p.csv", "id,steps\na,1\n", "p.csv:1: the header has no 'prompt' column"),
         ("p.csv", "prompt,prompt\na,b\n", "p.csv:1: column 'prompt' appears twice in the header"),

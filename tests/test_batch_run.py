@@ -160,10 +160,15 @@ def test_bad_lists_and_flags_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(batch_run, "_load", lambda *a: pytest.fail("models loaded for a bad list"))
     out = tmp_path / "out"
     cases = [
-        ([{"prompt": "a"}, {"prompt": "b", "width": 100}], [], "list.jsonl:2: image size 100x64 is impossible"),
+        (
+            [{"prompt": "a"}, {"prompt": "b", "width": 100}],
+            [],
+            "list.jsonl:2: 'width' must be a positive multiple of 16, got 100",
+        ),
         ([{"prompt": "a"}, {"prompt": "<character_1>oops"}], [], "list.jsonl:2: prompt line 1, column"),
-        ([{"prompt": "a", "shift": 0}], [], "list.jsonl:1: shift must be positive, got 0.0"),
+        ([{"prompt": "a", "shift": 0}], [], "list.jsonl:1: 'shift' must be between 0.01 and 100, got 0"),
         ([{"prompt": "a"}], ["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+        ([{"prompt": "a"}], ["--cfg", "nan"], "error: --cfg must be a finite number, got nan"),
         (
             [{"prompt": "a", "id": "q"}, {"prompt": "b", "id": "q"}],
             [],
@@ -172,7 +177,7 @@ def test_bad_lists_and_flags_are_refused_before_any_work(tmp_path, monkeypatch):
         (
             [{"prompt": "a"}],
             ["--models-dir", str(tmp_path / "nowhere")],
-            f"error: {tmp_path}/nowhere: models folder not found",
+            f"error: --models-dir {tmp_path}/nowhere: no such folder",
         ),
     ]
     for items, extra, message in cases:

@@ -6,7 +6,7 @@ from .prompts import FieldSpec, PromptItem, PromptListError, read_prompt_list
 __all__ = ["FieldSpec", "PromptItem", "PromptListError", "add_batch_args", "read_prompt_list", "run_batch"]
 
 
-def run_batch(args, out, err) -> int:
+def run_batch(args, out, err, label=None) -> int:
     from .run import run_batch as _run
 
-    return _run(args, out, err)
+    return _run(args, out, err, label)

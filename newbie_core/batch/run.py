@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import io
 import time
 from pathlib import Path
 
@@ -47,32 +46,35 @@ def setting_fields() -> dict[str, FieldSpec]:
     return fields
 
 
-def _check_flags(args) -> None:
+def _check_flags(args, label) -> None:
+    """The shared checks of every command (models folder, device, dtype, --lora files...), then batch's own."""
+    from .. import validation
+
+    validation.check_args(args, label)
+    validation.seed(label("seed"), args.seed)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be non-negative, got {args.seed}")
 
 
-def _check_settings(s) -> None:
-    """What GenerationSettings.validate() does not cover yet and would otherwise fail mid-run."""
-    s.validate()
-    for name in ("cfg", "cfg_trunc", "renorm", "shift"):
-        value = getattr(s, name)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name} must be a finite number, got {value}")
-    if s.shift <= 0:
-        raise ConfigError(f"shift must be positive, got {s.shift}")
-    if s.renorm < 0:
-        raise ConfigError(f"renorm must be 0 (off) or positive, got {s.renorm}")
+def _item_label(label, item):
+    """Name a bad value as the list's key when the line set it, else as the flag it came from."""
+    from ..cli import SETTING_FLAGS
+
+    def name(field: str) -> str:
+        key = SETTING_FLAGS[field].lstrip("-").replace("-", "_") if field in SETTING_FLAGS else field
+        return repr(key) if key in item.overrides else label(field)
+
+    return name
 
 
-def build_jobs(args, tiny: bool, say) -> list[Job]:
-    """Every item as full GenerationSettings, each checked; raises PromptListError naming the line."""
-    from ..cli import _settings, validate_prompt
-    from ..xml_prompt import XMLPromptError
+def build_jobs(args, tiny: bool, say, label) -> list[Job]:
+    """Every item as full GenerationSettings, each checked by the shared validator; raises PromptListError naming
+    the line."""
+    from .. import validation
+    from ..cli import _settings
 
     path = Path(args.prompts)
+    _settings(args, "", tiny).validate(label)  # the command line's own values, named by their flags
     items = read_prompt_list(path, setting_fields(), args.format)
     jobs = []
     for index, item in enumerate(items):
@@ -81,16 +83,14 @@ def build_jobs(args, tiny: bool, say) -> list[Job]:
             setattr(ns, key, value)
         if "seed" not in item.overrides:
             ns.seed = item_seed(args.seed, item.id)
-        settings = _settings(ns, item.prompt, tiny)
         try:
-            _check_settings(settings)
+            prompt, warnings = validation.prompt_text("prompt", item.prompt)
+            settings = _settings(ns, prompt, tiny)
+            settings.validate(_item_label(label, item))
         except ConfigError as exc:
             raise PromptListError(f"{path}:{item.line}: {exc}") from None
-        try:
-            for warning in validate_prompt(item.prompt):
-                say(f"warning: {path}:{item.line}: prompt {warning}")
-        except XMLPromptError as exc:
-            raise PromptListError(f"{path}:{item.line}: prompt {exc}") from None
+        for warning in warnings:
+            say(f"warning: {path}:{item.line}: {warning}")
         jobs.append(Job(index, item, settings))
     return jobs
 
@@ -99,17 +99,6 @@ def _model_label(tiny: bool) -> str | None:
     from .. import tiny as tiny_model
 
     return tiny_model.LABEL if tiny else None
-
-
-def _loras(args) -> list:
-    """``--lora`` files checked like generate's (before any model loads); PromptListError carries the message."""
-    from ..cli import _check_loras
-
-    buf = io.StringIO()
-    loras = _check_loras(args, buf)
-    if loras is None:
-        raise PromptListError(buf.getvalue().strip().removeprefix("error: "))
-    return loras
 
 
 def lora_record(loras) -> list:
@@ -221,7 +210,7 @@ class _Writer:
                 tmp.unlink()
 
 
-def run_batch(args, out, err) -> int:
+def run_batch(args, out, err, label=None) -> int:
     start = time.perf_counter()
     try:
         ranks = ranks_from_env()
@@ -238,9 +227,10 @@ def run_batch(args, out, err) -> int:
     out_dir = Path(args.out)
     prompts = Path(args.prompts)
     try:
-        _check_flags(args)
-        loras = _loras(args)
-        jobs = build_jobs(args, tiny, say)
+        label = label or (lambda name: "--" + name.replace("_", "-"))
+        _check_flags(args, label)
+        loras = args.lora_files  # parsed and checked by the shared validator
+        jobs = build_jobs(args, tiny, say, label)
         device = pick_device(args.device, ranks)
         if args.models_dir:
             from ..pipeline import find_model_files
