@@ -64,6 +64,55 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """Image to image, inpainting, the hires second pass, and re-running a PNG (newbie_core.img2img)."""
+    p.add_argument("--init-image", help="start from this image (img2img); its size is the default output size")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="how much of the schedule to run on the init image, 0..1 (1 = from noise; default 0.6, 1.0 with --mask)",
+    )
+    p.add_argument("--mask", help="inpaint mask for --init-image, same size; white = repaint, black = keep")
+    p.add_argument(
+        "--mask-feather", type=int, default=8, help="soft edge in pixels around the mask (pixels beyond stay exact)"
+    )
+    p.add_argument(
+        "--hires-scale", type=float, default=1.0, help="second pass at this times the size, e.g. 2 (1 = off)"
+    )
+    p.add_argument("--hires-strength", type=float, default=0.35, help="strength of the hires pass, 0..1")
+    p.add_argument("--hires-steps", type=int, default=None, help="steps of the hires pass (default: --steps)")
+    p.add_argument(
+        "--hires-mode",
+        choices=["pixel", "latent"],
+        default="pixel",
+        help="upscale the first result as pixels (through the VAE) or as latents",
+    )
+    p.add_argument(
+        "--from-png",
+        help="take the prompt and every setting from a PNG this tool wrote; other flags given override them",
+    )
+
+
+#: argparse destinations -> GenerationSettings fields they set (identity where not listed).
+_FIELD_OF_FLAG = {"negative": "negative_prompt", "prompt_file": "prompt"}
+_NOT_SETTINGS = {"command", "output", "models_dir", "device", "dtype", "low_vram", "from_png", "output_dir"}
+
+
+def _explicit_flags(argv) -> set[str]:
+    """Destinations of the flags actually typed (parsing again with every default suppressed)."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
     _add_model_args(gen)
     _add_sampling_args(gen)
+    _add_image_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
@@ -110,11 +160,14 @@ def _load_pipeline(args, out):
     return NewBiePipeline.tiny(device=device), True
 
 
-def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
+def _settings(args, prompt: str, tiny: bool, steps: int | None = None, base: dict | None = None, given=()):
+    """Settings from the flags; with ``base`` (a PNG's settings) only the flags in ``given`` override it."""
+    import dataclasses
+
     from .pipeline import GenerationSettings
 
     size = 64 if tiny else 1024
-    return GenerationSettings(
+    from_flags = dict(
         prompt=prompt,
         negative_prompt=args.negative,
         seed=args.seed,
@@ -124,10 +177,52 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
         renorm=args.renorm,
         solver=args.solver,
         shift=args.shift,
-        width=args.width or size,
-        height=args.height or size,
+        width=args.width,
+        height=args.height,
         system_prompt=args.system_prompt,
     )
+    for name in ("init_image", "strength", "mask", "mask_feather", "hires_scale", "hires_strength", "hires_steps"):
+        if hasattr(args, name):
+            from_flags[name] = getattr(args, name)
+    if hasattr(args, "hires_mode"):
+        from_flags["hires_mode"] = args.hires_mode
+    if base is None:
+        values = from_flags
+    else:
+        known = {f.name for f in dataclasses.fields(GenerationSettings)}
+        values = {k: v for k, v in base.items() if k in known}
+        for dest in given:
+            field = _FIELD_OF_FLAG.get(dest, dest)
+            if dest not in _NOT_SETTINGS and field in from_flags:
+                values[field] = from_flags[field]
+        if "steps" in given:
+            values["steps"] = from_flags["steps"]
+    if values.get("width") is None or values.get("height") is None:
+        default = (size, size)
+        if values.get("init_image"):
+            from . import img2img
+
+            default = img2img.default_size(img2img.image_size(values["init_image"]))
+        values["width"] = values.get("width") or default[0]
+        values["height"] = values.get("height") or default[1]
+    return GenerationSettings(**values)
+
+
+def _png_base(path: str, err) -> dict:
+    """A PNG's settings for --from-png, with a warning for any field this version does not know."""
+    import dataclasses
+
+    from .pipeline import GenerationSettings
+    from .png_runs import cli_settings
+
+    meta = cli_settings(path)
+    known = {f.name for f in dataclasses.fields(GenerationSettings)} | {"model"}
+    unknown = sorted(set(meta) - known)
+    if unknown:
+        print(
+            f"warning: --from-png {path}: ignoring settings this version does not know: {', '.join(unknown)}", file=err
+        )
+    return meta
 
 
 class Progress:
@@ -175,15 +270,26 @@ def write_png(result, path: Path) -> Path:
     return path
 
 
-def cmd_generate(args, out, err) -> int:
+def cmd_generate(args, out, err, given=()) -> int:
+    from . import img2img
+
+    base = None
+    if getattr(args, "from_png", None):
+        try:
+            base = _png_base(args.from_png, err)
+        except NewBieError as exc:
+            print(f"error: --from-png {exc}", file=err)
+            return EXIT_BAD_INPUT
     if args.prompt_file:
         try:
             prompt = Path(args.prompt_file).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             print(f"error: cannot read prompt file {args.prompt_file}: {exc}", file=err)
             return EXIT_BAD_INPUT
+    elif args.prompt is not None:
+        prompt = args.prompt
     else:
-        prompt = args.prompt if args.prompt is not None else DEMO_PROMPT
+        prompt = base["prompt"] if base is not None else DEMO_PROMPT
     try:
         for w in validate_prompt(prompt):
             print(f"warning: prompt {w}", file=err)
@@ -197,9 +303,29 @@ def cmd_generate(args, out, err) -> int:
         print(f"error: {output} already exists; choose another --output", file=err)
         return EXIT_BAD_INPUT
     try:
-        pipe, tiny = _load_pipeline(args, out)
-        settings = _settings(args, prompt, tiny)
+        # everything about the input is checked before any model loads
+        settings = _settings(args, prompt, not args.models_dir, base=base, given=given)
         settings.validate()
+        inputs = img2img.load_inputs(settings)
+        if inputs is not None and inputs.source_size != (settings.width, settings.height):
+            w, h = inputs.source_size
+            print(
+                f"warning: init image {settings.init_image} is {w}x{h}; resized to {settings.width}x{settings.height}",
+                file=err,
+            )
+        if base is not None and settings.init_image and base.get("init_image") == settings.init_image:
+            recorded = base.get("init_image_sha256")
+            if recorded and recorded != img2img.file_sha256(settings.init_image):
+                print(
+                    f"warning: init image {settings.init_image} changed since that run; the result will differ",
+                    file=err,
+                )
+        pipe, _ = _load_pipeline(args, out)
+        if base is not None and base.get("model") and base["model"] != pipe.label:
+            print(
+                f"warning: --from-png {args.from_png} was made with {base['model']}; this run uses {pipe.label}",
+                file=err,
+            )
         result = pipe.generate(settings, progress=Progress(err))
         write_png(result, output)
     except (NewBieError, FileExistsError) as exc:
@@ -280,7 +406,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
-            return cmd_generate(args, out, err)
+            given = _explicit_flags(argv if argv is not None else sys.argv[1:]) if args.from_png else ()
+            return cmd_generate(args, out, err, given)
         return cmd_create(args, inp, out, err)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was written for the unfinished image", file=err)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import sampling
+from . import img2img, sampling
 from .errors import CheckpointError, ConfigError
 from .weights import TensorReader, parse_dtype
 
@@ -36,6 +36,16 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    # image to image (newbie_core.img2img): init image, strength (None = its default), inpaint mask, hires pass
+    init_image: str | None = None
+    init_image_sha256: str | None = None
+    strength: float | None = None
+    mask: str | None = None
+    mask_feather: int = 8
+    hires_scale: float = 1.0
+    hires_strength: float = 0.35
+    hires_steps: int | None = None
+    hires_mode: str = "pixel"
 
     def validate(self) -> None:
         if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
@@ -52,6 +62,7 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        img2img.check_settings(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +148,8 @@ class NewBiePipeline:
         self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         settings.validate()
+        if settings.init_image:  # the PNG records which file it started from
+            settings = dataclasses.replace(settings, init_image_sha256=img2img.file_sha256(settings.init_image))
         b = settings.batch_size
         enc = self.text_encoders
         from .text.conditioning import gemma_text
@@ -162,12 +175,59 @@ class NewBiePipeline:
         def velocity(x, t):
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
+        inputs = img2img.load_inputs(settings)
         noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
-        times = sampling.time_grid(settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
-        latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+        if inputs is None:
+            times = sampling.time_grid(settings.steps, settings.shift)
+            latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+        else:
+            latents = self._from_image(inputs, noise, velocity, settings, callback)
+        if settings.hires_scale > 1.0:
+            latents = self._hires(latents, velocity, settings, callback)
         pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+        if inputs is not None and inputs.mask is not None:
+            soft = img2img.feathered(inputs.mask, settings.mask_feather).to(pixels.device)
+            pixels = img2img.paste_back(pixels, inputs.pixels.to(pixels.device), soft)
         return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> DiT latents; tiles beyond 2048x2048 px, like decoding."""
+        tile = None if pixels.shape[-1] * pixels.shape[-2] <= 2048 * 2048 else 1024
+        return self.vae.encode_pixels(pixels.to(self.device), tile=tile)
+
+    def _from_image(self, inputs, noise, velocity, settings, callback):
+        """img2img / inpainting: start on the noised init latent at the strength's point of the grid."""
+        b = noise.shape[0]
+        x0 = self.encode_image(inputs.pixels).expand(b, -1, -1, -1)
+        times = img2img.strength_times(settings.steps, img2img.effective_strength(settings), settings.shift)
+        x = img2img.noised(x0, noise, float(times[0]))
+        if inputs.mask is None:
+            return sampling.integrate(velocity, x, times, settings.solver, callback)
+        m = img2img.latent_mask(img2img.feathered(inputs.mask, settings.mask_feather)).to(self.device)
+        m = m.expand(b, -1, -1, -1)
+        x = img2img.pin_known(x, x0, noise, float(times[0]), m)
+
+        def pin(i, n, x):
+            if callback is not None:
+                callback(i, n, x)
+            return img2img.pin_known(x, x0, noise, float(times[i]), m)
+
+        return sampling.integrate(velocity, x, times, settings.solver, pin)
+
+    def _hires(self, latents, velocity, settings, callback):
+        """Second pass at ``hires_scale`` times the size, low strength, shift scaled for the larger token count."""
+        w, h = img2img.hires_size(settings.width, settings.height, settings.hires_scale)
+        if settings.hires_mode == "latent":
+            x0 = img2img.upscale_latents(latents, w, h)
+        else:
+            pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+            x0 = self.encode_image(img2img.upscale_pixels(pixels, w, h))
+        noise = sampling.initial_noise(latents.shape[0], h, w, (settings.seed + 1) & 0xFFFF_FFFF_FFFF_FFFF)
+        shift = img2img.hires_shift(settings.shift, settings.width, settings.height, w, h)
+        times = img2img.strength_times(settings.hires_steps or settings.steps, settings.hires_strength, shift)
+        x = img2img.noised(x0, noise.to(self.device), float(times[0]))
+        return sampling.integrate(velocity, x, times, settings.solver, callback)
 
     @staticmethod
     def _decode_tile(latents: torch.Tensor) -> int | None:
