@@ -5,7 +5,7 @@ from __future__ import annotations
 import comfy.patcher_extension as pe
 import comfy.samplers
 
-from ..newbie_core import sampling
+from ..newbie_core import img2img, sampling
 
 GUIDANCE_KEY = "newbie_official_cfg"
 NEWBIE_SAMPLERS = {"newbie_midpoint": sampling.sample_flow_midpoint, "newbie_euler": sampling.sample_flow_euler}
@@ -73,13 +73,13 @@ def sampler_for(name: str):
 def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0):
     """Official shifted grid (shift read from the model, so ModelSampling nodes apply) or a stock schedule."""
     ms = model.get_model_object("model_sampling")
-    total = steps if denoise >= 1.0 else max(int(steps / max(denoise, 1e-4)), steps)
+    total, start = img2img.denoise_schedule(steps, denoise)  # the same start as newbie_core's img2img
     if scheduler == OFFICIAL_SCHEDULER:
         shift = float(getattr(ms, "shift", 6.0))
         sigmas = sampling.official_sigmas(total, shift)
     else:
         sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
-    return sigmas[-(steps + 1) :]
+    return sigmas[start:]
 
 
 def sampler_names() -> list[str]:
