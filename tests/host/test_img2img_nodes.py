@@ -155,8 +155,21 @@ def test_hires_fix_doubles_the_size_and_is_seeded(node_classes, tiny, vae, metho
         node = node_classes["NewBieHiresFix"]
         return node.execute(model, pos, neg, seed, 2, 3.0, 0.3, 0.0, "newbie_euler", 2.0, strength, method, **args)
 
-    a, b, c = (hires(s).result[0]["samples"] for s in (1, 1, 2))
+    import comfy.sample
+
+    seen = []
+    real = comfy.sample.sample_custom
+
+    def recording(*args, **kwargs):
+        seen.append(args[4].clone())
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(comfy.sample, "sample_custom", recording)
+        a, b, c = (hires(s).result[0]["samples"] for s in (1, 1, 2))
     assert a.shape == (1, 16, 8, 12)
+    # 4x the tokens -> shift 6 * sqrt(4) = 12; strength 0.4 of a 2-step run -> the last 2 steps of a 5-step grid
+    assert torch.equal(seen[0], (1.0 - img2img.strength_times(2, 0.4, 12.0)).to(torch.float32))
     assert torch.equal(a, b) and not torch.equal(a, c)
     if method == "latent":  # strength 0: only the upscale
         up = hires(1, strength=0.0).result[0]["samples"]
