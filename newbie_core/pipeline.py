@@ -206,14 +206,8 @@ class NewBiePipeline:
             return sampling.integrate(velocity, x, times, settings.solver, callback)
         m = img2img.latent_mask(img2img.feathered(inputs.mask, settings.mask_feather)).to(self.device)
         m = m.expand(b, -1, -1, -1)
-        x = img2img.pin_known(x, x0, noise, float(times[0]), m)
-
-        def pin(i, n, x):
-            if callback is not None:
-                callback(i, n, x)
-            return img2img.pin_known(x, x0, noise, float(times[i]), m)
-
-        return sampling.integrate(velocity, x, times, settings.solver, pin)
+        pinned = img2img.pinned_velocity(velocity, x0, noise, m)
+        return sampling.integrate(pinned, x, times, settings.solver, callback)
 
     def _hires(self, latents, velocity, settings, callback):
         """Second pass at ``hires_scale`` times the size, low strength, shift scaled for the larger token count."""

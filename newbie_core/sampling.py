@@ -66,13 +66,9 @@ def integrate(
     x: torch.Tensor,
     times: torch.Tensor,
     solver: str = "midpoint",
-    callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Fixed-grid ODE integration of dx/dt = velocity(x, t) over ``times`` (state kept in float32).
-
-    ``callback(i, steps, x)`` runs after step i (x is then at ``times[i]``); a tensor it returns replaces the
-    state (inpainting uses this to keep the known region on its path).
-    """
+    """Fixed-grid ODE integration of dx/dt = velocity(x, t) over ``times`` (state kept in float32)."""
     if solver not in SOLVERS:
         raise ConfigError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     x = x.float()
@@ -87,9 +83,7 @@ def integrate(
             x_mid = x + half * velocity(x, t0).float()
             x = x + dt * velocity(x_mid, t0 + half).float()
         if callback is not None:
-            replaced = callback(i + 1, steps, x)
-            if replaced is not None:
-                x = replaced.float()
+            callback(i + 1, steps, x)
     return x
 
 

@@ -139,12 +139,13 @@ def test_img2img_is_deterministic_and_differs_from_input_and_fresh_run(pipe, ini
     assert not torch.equal(torch.from_numpy(np.asarray(a.images[0]).copy()), pixels_of(init_png))
 
 
-def test_inpaint_keeps_unmasked_pixels_exactly_and_changes_masked_ones(pipe, init_png, tmp_path):
+@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+def test_inpaint_keeps_unmasked_pixels_exactly_and_changes_masked_ones(pipe, recorded, init_png, tmp_path, solver):
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:20, 10:22] = 255
     mask_path = tmp_path / "mask.png"
     Image.fromarray(mask).save(mask_path)
-    s = settings(init_image=init_png, mask=str(mask_path), mask_feather=4)
+    s = settings(init_image=init_png, mask=str(mask_path), mask_feather=4, solver=solver, strength=0.8)
     result = pipe.generate(s)
     out = torch.from_numpy(np.asarray(result.images[0]).copy())
     original = pixels_of(init_png)
@@ -155,11 +156,17 @@ def test_inpaint_keeps_unmasked_pixels_exactly_and_changes_masked_ones(pipe, ini
     inside = torch.from_numpy(mask > 0)
     changed = (out[inside] != original[inside]).any(-1).float().mean()
     assert changed > 0.9
-    # the known latent cells followed the noised original all the way to t = 1: they are the init latent
+    # at every model call the known latent cells are on the noised original's path, and end as the init latent
     known = img2img.latent_mask(soft[None, None]) == 0
     assert known.sum() > 0
     x0 = init_latent(pipe, init_png)
-    assert torch.allclose(result.latents[known.expand_as(x0)], x0[known.expand_as(x0)], atol=1e-6)
+    noise = torch.randn(1, 16, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
+    k = known.expand_as(x0)
+    assert len(recorded.calls) == 4 * (1 if solver == "euler" else 2)
+    for x, t in recorded.calls:
+        path = img2img.noised(x0, noise, float(t[0]))
+        assert torch.allclose(x[:1][k], path[k], atol=1e-5)
+    assert torch.allclose(result.latents[known.expand_as(x0)], x0[known.expand_as(x0)], atol=1e-5)
     # the feather: 2 px grown + 2 px ramp, nothing beyond 4 px from the mask
     assert bool(soft[8:20, 10:22].eq(1).all()) and float(soft[8, 5]) == 0 and 0 < float(soft[8, 7]) < 1
 
