@@ -135,6 +135,8 @@ def check_settings(settings) -> None:
     """Numbers only (no file access): raises ConfigError naming the setting and the value."""
     if settings.strength is not None and not 0.0 <= settings.strength <= 1.0:
         raise ConfigError(f"strength must be between 0 and 1, got {settings.strength}")
+    if settings.strength is not None and not settings.init_image:
+        raise ConfigError("strength applies to an init image; give --init-image (or leave strength unset)")
     if settings.mask and not settings.init_image:
         raise ConfigError("a mask needs an init image to repaint (give --init-image with --mask)")
     if not 0 <= settings.mask_feather <= 256:

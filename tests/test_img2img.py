@@ -188,8 +188,9 @@ def test_mask_of_another_size_and_missing_files(init_png, tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(strength=1.5), "strength must be between 0 and 1, got 1.5"),
-        (dict(strength=-0.1), "strength must be between 0 and 1, got -0.1"),
+        (dict(strength=1.5, init_image="i.png"), "strength must be between 0 and 1, got 1.5"),
+        (dict(strength=-0.1, init_image="i.png"), "strength must be between 0 and 1, got -0.1"),
+        (dict(strength=0.5), "strength applies to an init image; give --init-image (or leave strength unset)"),
         (dict(mask="m.png"), "a mask needs an init image to repaint (give --init-image with --mask)"),
         (dict(hires_scale=0.5), "hires_scale must be between 1 and 4, got 0.5"),
         (dict(hires_strength=2.0), "hires_strength must be between 0 and 1, got 2.0"),
