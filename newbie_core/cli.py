@@ -202,7 +202,7 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, base: dic
         if values.get("init_image"):
             from . import img2img
 
-            default = img2img.default_size(img2img.image_size(values["init_image"]))
+            default = img2img.default_size(img2img.image_size(values["init_image"], img2img.flag_label))
         values["width"] = values.get("width") or default[0]
         values["height"] = values.get("height") or default[1]
     return GenerationSettings(**values)
@@ -305,12 +305,13 @@ def cmd_generate(args, out, err, given=()) -> int:
     try:
         # everything about the input is checked before any model loads
         settings = _settings(args, prompt, not args.models_dir, base=base, given=given)
+        img2img.check_settings(settings, img2img.flag_label)
         settings.validate()
-        inputs = img2img.load_inputs(settings)
+        inputs = img2img.load_inputs(settings, img2img.flag_label)
         if inputs is not None and inputs.source_size != (settings.width, settings.height):
             w, h = inputs.source_size
             print(
-                f"warning: init image {settings.init_image} is {w}x{h}; resized to {settings.width}x{settings.height}",
+                f"warning: --init-image {settings.init_image} is {w}x{h}; resized to {settings.width}x{settings.height}",
                 file=err,
             )
         if base is not None and settings.init_image and base.get("init_image") == settings.init_image:

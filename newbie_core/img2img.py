@@ -131,27 +131,42 @@ def effective_strength(settings) -> float:
     return INPAINT_STRENGTH if settings.mask else IMG2IMG_STRENGTH
 
 
-def check_settings(settings) -> None:
-    """Numbers only (no file access): raises ConfigError naming the setting and the value."""
-    if settings.strength is not None and not 0.0 <= settings.strength <= 1.0:
-        raise ConfigError(f"strength must be between 0 and 1, got {settings.strength}")
-    if settings.strength is not None and not settings.init_image:
-        raise ConfigError("strength applies to an init image; give --init-image (or leave strength unset)")
+def _same(name: str) -> str:
+    return name
+
+
+def flag_label(name: str) -> str:
+    """How the CLI names a setting in messages: ``hires_scale`` -> ``--hires-scale``."""
+    return "--" + name.replace("_", "-")
+
+
+def _range(label: str, value, lo, hi) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{label} must be between {lo:g} and {hi:g}, got {value:g}")
+
+
+def check_settings(settings, label=_same) -> None:
+    """Numbers only (no file access): raises ConfigError naming the setting (``label(field)``) and the value."""
+    L = label  # noqa: N806 - reads like the message
+    if settings.strength is not None:
+        if not settings.init_image:
+            raise ConfigError(f"{L('strength')} applies to an init image; give {L('init_image')} (or leave it unset)")
+        _range(L("strength"), settings.strength, 0.0, 1.0)
     if settings.mask and not settings.init_image:
-        raise ConfigError("a mask needs an init image to repaint (give --init-image with --mask)")
+        raise ConfigError(f"{L('mask')} needs an init image to repaint; give {L('init_image')}")
     if not 0 <= settings.mask_feather <= 256:
-        raise ConfigError(f"mask_feather must be between 0 and 256 pixels, got {settings.mask_feather}")
-    if not 1.0 <= settings.hires_scale <= MAX_HIRES_SCALE:
-        raise ConfigError(f"hires_scale must be between 1 and {MAX_HIRES_SCALE:g}, got {settings.hires_scale}")
-    if not 0.0 <= settings.hires_strength <= 1.0:
-        raise ConfigError(f"hires_strength must be between 0 and 1, got {settings.hires_strength}")
+        raise ConfigError(f"{L('mask_feather')} must be between 0 and 256 pixels, got {settings.mask_feather}")
+    _range(L("hires_scale"), settings.hires_scale, 1.0, MAX_HIRES_SCALE)
+    _range(L("hires_strength"), settings.hires_strength, 0.0, 1.0)
     if settings.hires_steps is not None and not 1 <= settings.hires_steps <= 1000:
-        raise ConfigError(f"hires_steps must be between 1 and 1000, got {settings.hires_steps}")
+        raise ConfigError(f"{L('hires_steps')} must be between 1 and 1000, got {settings.hires_steps}")
     if settings.hires_mode not in HIRES_MODES:
-        raise ConfigError(f"unknown hires_mode {settings.hires_mode!r}; choose one of: {', '.join(HIRES_MODES)}")
+        raise ConfigError(
+            f"{L('hires_mode')} {settings.hires_mode!r} is not known; choose one of: {', '.join(HIRES_MODES)}"
+        )
     if settings.hires_scale > 1.0 and settings.mask:
         raise ConfigError(
-            "a mask and hires_scale cannot be combined: inpaint first, then run the hires pass on that PNG"
+            f"{L('mask')} and {L('hires_scale')} cannot be combined: inpaint first, then run the hires pass on that PNG"
         )
     if settings.hires_scale > 1.0:
         w, h = hires_size(settings.width, settings.height, settings.hires_scale)
@@ -186,30 +201,30 @@ class ImageInputs:
     source_size: tuple[int, int]
 
 
-def image_size(path: str) -> tuple[int, int]:
+def image_size(path: str, label=_same) -> tuple[int, int]:
     """The init image's size, checked readable; the run's default size is it rounded down to multiples of 16."""
-    return _open_image(path, "init image").size
+    return _open_image(path, label("init_image")).size
 
 
 def default_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(16, size[0] // 16 * 16), max(16, size[1] // 16 * 16)
 
 
-def load_inputs(settings) -> ImageInputs | None:
+def load_inputs(settings, label=_same) -> ImageInputs | None:
     """Read and check the init image and mask of ``settings`` (ConfigError naming the file); None for text-to-image."""
     if not settings.init_image:
         return None
     from PIL import Image
 
-    img = _open_image(settings.init_image, "init image")
+    img = _open_image(settings.init_image, label("init_image"))
     size = img.size
     mask_img = None
     if settings.mask:
-        mask_img = _open_image(settings.mask, "mask")
+        mask_img = _open_image(settings.mask, label("mask"))
         if mask_img.size != size:
             raise ConfigError(
-                f"mask {settings.mask} is {mask_img.size[0]}x{mask_img.size[1]} but init image {settings.init_image} "
-                f"is {size[0]}x{size[1]}; they must be the same size"
+                f"{label('mask')} {settings.mask} is {mask_img.size[0]}x{mask_img.size[1]} but "
+                f"{label('init_image')} {settings.init_image} is {size[0]}x{size[1]}; they must be the same size"
             )
     target = (settings.width, settings.height)
     rgb = img.convert("RGB")

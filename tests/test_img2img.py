@@ -176,12 +176,12 @@ def test_mask_of_another_size_and_missing_files(init_png, tmp_path):
     Image.new("L", (16, 16)).save(small)
     with pytest.raises(ConfigError) as err:
         img2img.load_inputs(settings(init_image=init_png, mask=str(small)))
-    assert str(err.value) == (f"mask {small} is 16x16 but init image {init_png} is 32x32; they must be the same size")
-    with pytest.raises(ConfigError, match=r"^init image /no/such.png: file not found$"):
+    assert str(err.value) == (f"mask {small} is 16x16 but init_image {init_png} is 32x32; they must be the same size")
+    with pytest.raises(ConfigError, match=r"^init_image /no/such.png: file not found$"):
         img2img.load_inputs(settings(init_image="/no/such.png"))
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not a png")
-    with pytest.raises(ConfigError, match=rf"^init image {junk}: cannot read it as an image"):
+    with pytest.raises(ConfigError, match=rf"^init_image {junk}: cannot read it as an image"):
         img2img.load_inputs(settings(init_image=str(junk)))
 
 
@@ -190,11 +190,11 @@ def test_mask_of_another_size_and_missing_files(init_png, tmp_path):
     [
         (dict(strength=1.5, init_image="i.png"), "strength must be between 0 and 1, got 1.5"),
         (dict(strength=-0.1, init_image="i.png"), "strength must be between 0 and 1, got -0.1"),
-        (dict(strength=0.5), "strength applies to an init image; give --init-image (or leave strength unset)"),
-        (dict(mask="m.png"), "a mask needs an init image to repaint (give --init-image with --mask)"),
+        (dict(strength=0.5), "strength applies to an init image; give init_image (or leave it unset)"),
+        (dict(mask="m.png"), "mask needs an init image to repaint; give init_image"),
         (dict(hires_scale=0.5), "hires_scale must be between 1 and 4, got 0.5"),
-        (dict(hires_strength=2.0), "hires_strength must be between 0 and 1, got 2.0"),
-        (dict(hires_mode="nearest"), "unknown hires_mode 'nearest'; choose one of: pixel, latent"),
+        (dict(hires_strength=2.0), "hires_strength must be between 0 and 1, got 2"),
+        (dict(hires_mode="nearest"), "hires_mode 'nearest' is not known; choose one of: pixel, latent"),
     ],
 )
 def test_impossible_image_settings(kwargs, message):

@@ -84,7 +84,7 @@ def test_init_image_size_is_the_default_size(tmp_path):
     out = tmp_path / "o.png"
     code, _, err = run(["generate", "--prompt", "x", "--steps", "1", "--init-image", str(odd), "--output", str(out)])
     assert code == 0, err
-    assert f"warning: init image {odd} is 40x36; resized to 32x32" in err
+    assert f"warning: --init-image {odd} is 40x36; resized to 32x32" in err
     assert Image.open(out).size == (32, 32)
 
 
@@ -96,16 +96,17 @@ def _bad_inputs(tmp_path, init_png):
     plain = tmp_path / "plain.png"
     Image.new("RGB", (16, 16)).save(plain)
     return [
-        (["--init-image", str(tmp_path / "gone.png")], f"error: init image {tmp_path / 'gone.png'}: file not found"),
-        (["--init-image", str(junk)], f"error: init image {junk}: cannot read it as an image"),
+        (["--init-image", str(tmp_path / "gone.png")], f"error: --init-image {tmp_path / 'gone.png'}: file not found"),
+        (["--init-image", str(junk)], f"error: --init-image {junk}: cannot read it as an image"),
         (
             ["--init-image", str(init_png), "--mask", str(small)],
-            f"error: mask {small} is 16x16 but init image {init_png} is 32x32; they must be the same size",
+            f"error: --mask {small} is 16x16 but --init-image {init_png} is 32x32; they must be the same size",
         ),
-        (["--init-image", str(init_png), "--strength", "1.5"], "error: strength must be between 0 and 1, got 1.5"),
-        (["--init-image", str(init_png), "--strength", "-1"], "error: strength must be between 0 and 1, got -1.0"),
-        (["--mask", str(small)], "error: a mask needs an init image to repaint (give --init-image with --mask)"),
-        (["--hires-scale", "9"], "error: hires_scale must be between 1 and 4, got 9.0"),
+        (["--init-image", str(init_png), "--strength", "1.5"], "error: --strength must be between 0 and 1, got 1.5"),
+        (["--init-image", str(init_png), "--strength", "-1"], "error: --strength must be between 0 and 1, got -1"),
+        (["--mask", str(small)], "error: --mask needs an init image to repaint; give --init-image"),
+        (["--strength", "0.5"], "error: --strength applies to an init image; give --init-image (or leave it unset)"),
+        (["--hires-scale", "9"], "error: --hires-scale must be between 1 and 4, got 9"),
         (
             ["--from-png", str(plain)],
             f"error: --from-png {plain}: no NewBie metadata in this PNG (it was not written by python -m newbie_core)",
