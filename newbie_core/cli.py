@@ -96,7 +96,7 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 #: argparse destinations -> GenerationSettings fields they set (identity where not listed).
 _FIELD_OF_FLAG = {"negative": "negative_prompt", "prompt_file": "prompt"}
-_NOT_SETTINGS = {"command", "output", "models_dir", "device", "dtype", "low_vram", "from_png", "output_dir"}
+_NOT_SETTINGS = {"command", "output", "models_dir", "device", "dtype", "low_vram", "from_png", "output_dir", "lora"}
 
 
 def _explicit_flags(argv) -> set[str]:
@@ -113,6 +113,30 @@ def _explicit_flags(argv) -> set[str]:
     return set(vars(parser.parse_args(argv))) - {"command"}
 
 
+def _add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (any NewBie format) at STRENGTH (default 1.0 = as trained, alpha/r); repeatable",
+    )
+
+
+def _check_loras(args, err) -> list | None:
+    """Every --lora parsed and its file validated before any model loads; None after printing the error."""
+    from .lora import parse_lora_arg
+
+    loras = []
+    for text in args.lora:
+        try:
+            loras.append(parse_lora_arg(text))
+        except NewBieError as exc:
+            print(f"error: --lora {text}: {exc}", file=err)
+            return None
+    return loras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_sampling_args(gen)
     _add_image_args(gen)
+    _add_lora_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
+    _add_lora_args(create)
     return parser
 
 
@@ -144,7 +170,7 @@ DEMO_PROMPT = """<character_1>
 </general_tags>"""
 
 
-def _load_pipeline(args, out):
+def _load_pipeline(args, out, loras=()):
     import torch
 
     from .pipeline import NewBiePipeline
@@ -155,9 +181,13 @@ def _load_pipeline(args, out):
         pipe = NewBiePipeline.from_models_dir(
             args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
         )
-        return pipe, False
-    print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
-    return NewBiePipeline.tiny(device=device), True
+        tiny = False
+    else:
+        print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
+        pipe, tiny = NewBiePipeline.tiny(device=device), True
+    for path, strength in loras:
+        print(pipe.apply_lora(path, strength).report.summary(), file=out)
+    return pipe, tiny
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None, base: dict | None = None, given=()):
@@ -216,7 +246,7 @@ def _png_base(path: str, err) -> dict:
     from .png_runs import cli_settings
 
     meta = cli_settings(path)
-    known = {f.name for f in dataclasses.fields(GenerationSettings)} | {"model"}
+    known = {f.name for f in dataclasses.fields(GenerationSettings)} | {"model", "loras"}
     unknown = sorted(set(meta) - known)
     if unknown:
         print(
@@ -270,6 +300,19 @@ def write_png(result, path: Path) -> Path:
     return path
 
 
+def _warn_if_made_differently(png, base: dict, pipe, err) -> None:
+    """--from-png: say so when the model or the LoRAs differ from the ones the PNG was made with."""
+    if base.get("model") and base["model"] != pipe.label:
+        print(f"warning: --from-png {png} was made with {base['model']}; this run uses {pipe.label}", file=err)
+    recorded, applied = base.get("loras", ""), ", ".join(pipe.loras)
+    if recorded != applied:
+        print(
+            f"warning: --from-png {png} was made with LoRAs [{recorded}], this run applies [{applied}] "
+            "(give the same files with --lora to reproduce it)",
+            file=err,
+        )
+
+
 def cmd_generate(args, out, err, given=()) -> int:
     from . import img2img
 
@@ -302,6 +345,9 @@ def cmd_generate(args, out, err, given=()) -> int:
     if output.exists():
         print(f"error: {output} already exists; choose another --output", file=err)
         return EXIT_BAD_INPUT
+    loras = _check_loras(args, err)
+    if loras is None:
+        return EXIT_BAD_INPUT
     try:
         # everything about the input is checked before any model loads
         settings = _settings(args, prompt, not args.models_dir, base=base, given=given)
@@ -321,12 +367,9 @@ def cmd_generate(args, out, err, given=()) -> int:
                     f"warning: init image {settings.init_image} changed since that run; the result will differ",
                     file=err,
                 )
-        pipe, _ = _load_pipeline(args, out)
-        if base is not None and base.get("model") and base["model"] != pipe.label:
-            print(
-                f"warning: --from-png {args.from_png} was made with {base['model']}; this run uses {pipe.label}",
-                file=err,
-            )
+        pipe, _ = _load_pipeline(args, out, loras)
+        if base is not None:
+            _warn_if_made_differently(args.from_png, base, pipe, err)
         result = pipe.generate(settings, progress=Progress(err))
         write_png(result, output)
     except (NewBieError, FileExistsError) as exc:
@@ -351,6 +394,9 @@ def _unique(folder: Path, stem: str) -> Path:
 def cmd_create(args, inp, out, err) -> int:
     session = Path(args.output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
     pipe = tiny = None
+    loras = _check_loras(args, err)
+    if loras is None:
+        return EXIT_BAD_INPUT
 
     def ask(question: str) -> str | None:
         print(question, end="", file=out, flush=True)
@@ -391,7 +437,7 @@ def cmd_create(args, inp, out, err) -> int:
             continue
         try:
             if pipe is None:
-                pipe, tiny = _load_pipeline(args, out)
+                pipe, tiny = _load_pipeline(args, out, loras)
             result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
             path = write_png(result, _unique(session, stem))
         except NewBieError as exc:

@@ -201,3 +201,21 @@ def test_reads_a_cli_png(tmp_path):
     assert code == 0, err
     r = png_runs.read_run(out)
     assert (r.prompt, r.seed, r.steps, r.width, r.height, r.cfg) == ("<caption>a dog</caption>", 5, 2, 32, 32, 5.0)
+
+
+def test_from_png_says_when_the_loras_differ(tmp_path):
+    first = tmp_path / "first.png"
+    code, _, err = run(["generate", "--prompt", "x", *FAST, "--output", str(first)])
+    assert code == 0, err
+    m = {**meta(first), "loras": "style.safetensors:0.8"}
+    info = PngInfo()
+    info.add_itxt("newbie", json.dumps(m))
+    tagged = tmp_path / "tagged.png"
+    Image.open(first).save(tagged, pnginfo=info)
+    code, _, err = run(["generate", "--from-png", str(tagged), "--output", str(tmp_path / "again.png")])
+    assert code == 0, err
+    assert (
+        f"warning: --from-png {tagged} was made with LoRAs [style.safetensors:0.8], this run applies [] "
+        "(give the same files with --lora to reproduce it)"
+    ) in err
+    assert "ignoring settings" not in err
