@@ -41,10 +41,10 @@ def denoise_schedule(steps: int, strength: float) -> tuple[int, int]:
     return total, total - steps
 
 
-def strength_times(steps: int, strength: float, shift: float = 6.0) -> torch.Tensor:
-    """The slice of the official shifted time grid a run of ``steps`` steps at ``strength`` integrates over."""
+def strength_times(steps: int, strength: float, shift: float = 6.0, solver: str = "midpoint") -> torch.Tensor:
+    """The slice of ``solver``'s official shifted grid that a run of ``steps`` steps at ``strength`` covers."""
     total, start = denoise_schedule(steps, strength)
-    return sampling.time_grid(total, shift)[start:]
+    return sampling.solver_times(solver, total, shift)[start:]
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:

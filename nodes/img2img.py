@@ -19,7 +19,7 @@ import torch
 from ..newbie_core import img2img, png_runs
 from ..newbie_core.errors import ConfigError
 from ._api import io, schema
-from .comfy_sampling import sampler_for, sampler_names, with_official_guidance
+from .comfy_sampling import NEWBIE_SAMPLERS, sampler_for, sampler_names, with_official_guidance
 from .latent_vae import _is_oom
 from .sampling import CFG_TRUNC_TIP, RENORM_TIP
 
@@ -161,7 +161,8 @@ class NewBieHiresFix(io.ComfyNode):
         h, w = latent.shape[-2] * 8, latent.shape[-1] * 8
         base_w, base_h = cls._base_size(samples, image)
         shift = img2img.hires_shift(cls._model_shift(model), base_w, base_h, w, h)
-        sigmas = (1.0 - img2img.strength_times(steps, strength, shift)).to(torch.float32)
+        solver = NEWBIE_SAMPLERS.get(sampler_name, "midpoint")  # stock samplers: the official default grid
+        sigmas = (1.0 - img2img.strength_times(steps, strength, shift, solver)).to(torch.float32)
         out = dict(samples or {})
         out.pop("noise_mask", None)  # the mask was for the first pass's size
         if len(sigmas) < 2:

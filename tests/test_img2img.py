@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from newbie_core import img2img
+from newbie_core import img2img, solvers
 from newbie_core.errors import CheckpointError, ConfigError
 from newbie_core.pipeline import GenerationSettings, NewBiePipeline
 from newbie_core.vae import AutoEncoder, VAEConfig, to_dit_latent
@@ -37,25 +37,22 @@ def settings(**kw):
     return GenerationSettings(**{**base, **kw})
 
 
-class Recorder(torch.nn.Module):
-    """Wraps the DiT and records every call's (x, t) so tests can see where sampling started."""
+class Recorder:
+    """Records every DiT call's (x, t) (a forward pre-hook) so tests can see where sampling started."""
 
-    def __init__(self, dit):
-        super().__init__()
-        self.dit = dit
+    def __init__(self):
         self.calls = []
 
-    def forward(self, x, t, *rest):
-        self.calls.append((x.clone(), t.clone()))
-        return self.dit(x, t, *rest)
+    def __call__(self, _module, args):
+        self.calls.append((args[0].clone(), args[1].clone()))
 
 
 @pytest.fixture()
 def recorded(pipe):
-    original = pipe.transformer
-    pipe.transformer = Recorder(original)
-    yield pipe.transformer
-    pipe.transformer = original
+    recorder = Recorder()
+    handle = pipe.transformer.register_forward_pre_hook(recorder)
+    yield recorder
+    handle.remove()
 
 
 def pixels_of(path):
@@ -67,18 +64,27 @@ def init_latent(pipe, path):
     return to_dit_latent(pipe.vae.encode(x * 2 - 1).float())
 
 
-def ref_start(steps, strength, shift):
+def ref_start(steps, strength, shift, t_first=0.0):
     """ComfyUI's denoise rule written out: a grid for floor(steps / strength) steps, its last `steps` run."""
     total = steps if strength >= 1 else math.floor(steps / strength)
-    grid = [i / total for i in range(total + 1)]
+    grid = [t_first + (1 - t_first) * i / total for i in range(total + 1)]
     grid = [t / (t + shift - shift * t) for t in grid]
     return grid[total - steps :]
 
 
-@pytest.mark.parametrize("steps,strength,shift", [(4, 0.5, 6.0), (17, 0.3, 6.0), (10, 0.75, 3.0), (3, 1.0, 6.0)])
-def test_start_index_against_reference(steps, strength, shift):
-    ref = ref_start(steps, strength, shift)
-    got = img2img.strength_times(steps, strength, shift)
+@pytest.mark.parametrize(
+    "steps,strength,shift,solver",
+    [
+        (4, 0.5, 6.0, "midpoint"),
+        (17, 0.3, 6.0, "euler"),
+        (10, 0.75, 3.0, "rk4"),
+        (3, 1.0, 6.0, "midpoint"),
+        (8, 0.4, 6.0, "dpm"),
+    ],
+)
+def test_start_index_against_reference(steps, strength, shift, solver):
+    ref = ref_start(steps, strength, shift, 0.001 if solver == "dpm" else 0.0)  # dpm's grid starts at t = 0.001
+    got = img2img.strength_times(steps, strength, shift, solver)
     assert len(got) == steps + 1
     assert torch.allclose(got, torch.tensor(ref, dtype=torch.float64), atol=1e-12)
 
@@ -139,7 +145,7 @@ def test_img2img_is_deterministic_and_differs_from_input_and_fresh_run(pipe, ini
     assert not torch.equal(torch.from_numpy(np.asarray(a.images[0]).copy()), pixels_of(init_png))
 
 
-@pytest.mark.parametrize("solver", ["euler", "midpoint"])
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "dpm"])
 def test_inpaint_keeps_unmasked_pixels_exactly_and_changes_masked_ones(pipe, recorded, init_png, tmp_path, solver):
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[8:20, 10:22] = 255
@@ -162,7 +168,7 @@ def test_inpaint_keeps_unmasked_pixels_exactly_and_changes_masked_ones(pipe, rec
     x0 = init_latent(pipe, init_png)
     noise = torch.randn(1, 16, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
     k = known.expand_as(x0)
-    assert len(recorded.calls) == 4 * (1 if solver == "euler" else 2)
+    assert len(recorded.calls) == 4 * solvers.SOLVERS[solver].model_calls_per_step
     for x, t in recorded.calls:
         path = img2img.noised(x0, noise, float(t[0]))
         assert torch.allclose(x[:1][k], path[k], atol=1e-5)

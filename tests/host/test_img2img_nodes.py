@@ -54,11 +54,15 @@ def _conds():
     return (cap_c, pool_c, cap_u, pool_u), [[cap_c, {"pooled_output": pool_c}]], [[cap_u, {"pooled_output": pool_u}]]
 
 
-@pytest.mark.parametrize("steps,denoise", [(4, 0.5), (17, 0.3), (5, 0.75), (3, 1.0), (6, 0.0)])
-def test_denoise_grid_is_newbie_core_strength_grid(node_classes, tiny, steps, denoise):
+@pytest.mark.parametrize(
+    "steps,denoise,solver",
+    [(4, 0.5, "midpoint"), (17, 0.3, "euler"), (5, 0.75, "dpm"), (3, 1.0, "rk4"), (6, 0.0, "midpoint")],
+)
+def test_denoise_grid_is_newbie_core_strength_grid(node_classes, tiny, steps, denoise, solver):
     comfy_sampling = importlib.import_module(PACK_NAME + ".nodes.comfy_sampling")
-    sigmas = comfy_sampling.sigmas_for(_model(node_classes), "newbie_official", steps, denoise)
-    ref = (1.0 - img2img.strength_times(steps, denoise, 6.0)).to(torch.float32)
+    model = _model(node_classes)
+    sigmas = comfy_sampling.sigmas_for(model, "newbie_official", steps, denoise, "newbie_" + solver)
+    ref = (1.0 - img2img.strength_times(steps, denoise, 6.0, solver)).to(torch.float32)
     assert torch.equal(sigmas, ref)
 
 
