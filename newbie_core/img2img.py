@@ -245,3 +245,16 @@ def _to_tensor(img) -> torch.Tensor:
 
     arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float() / 255.0
     return (arr[None, None] if arr.ndim == 2 else arr.permute(2, 0, 1)[None]).contiguous()
+
+
+def _register_with_the_shared_validator() -> None:
+    """The image settings run inside ``GenerationSettings.validate`` (newbie_core.validation), like every other one."""
+    from . import validation
+
+    @validation.setting_check("init_image")
+    def _image_settings(_value, label: str, settings) -> None:
+        # the shared validator passes this field's label; the CLI's are flags, Python callers' are field names
+        check_settings(settings, flag_label if label.startswith("--") else _same)
+
+
+_register_with_the_shared_validator()
