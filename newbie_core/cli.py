@@ -1,4 +1,4 @@
-"""Command line: ``python -m newbie_core generate`` (one image) and ``python -m newbie_core create`` (interactive).
+"""Command line: ``python -m newbie_core generate`` (one image), ``create`` (interactive), ``write`` (XML prompt).
 
 Without ``--models-dir`` both run the embedded tiny smoke-test model, so they work on a fresh
 machine with no downloads; with it they load the real NewBie files.
@@ -78,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
+    _add_write_args(sub)
     return parser
+
+
+def _add_write_args(sub) -> None:
+    from .writer.cli import add_write_parser
+
+    add_write_parser(sub)
 
 
 DEMO_PROMPT = """<character_1>
@@ -281,6 +288,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args, out, err)
+        if args.command == "write":
+            from .writer.cli import cmd_write
+
+            return cmd_write(args, out, err)
         return cmd_create(args, inp, out, err)
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was written for the unfinished image", file=err)
