@@ -26,7 +26,7 @@ def tok():
         eos_id=1,
         pad_id=0,
         unk_id=3,
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        control_symbols=["<start_of_turn>", "<end_of_turn>"],  # not matched in text: only our splice makes them
         normalization_rule_name="identity",  # as Gemma's: newlines kept, no dummy prefix
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
@@ -56,7 +56,6 @@ def test_token_texts_map_pieces_to_the_text_they_add(tok):
 def test_chat_template_uses_the_turn_marker_tokens(tok):
     sot, eot = tok.sp.PieceToId("<start_of_turn>"), tok.sp.PieceToId("<end_of_turn>")
     ids = chat_prompt_ids(tok, "  a cat  ", instruction="Write XML.")
-    assert ids[0] == tok.bos_id and ids[1] == sot
-    assert ids.count(sot) == 2 and ids.count(eot) == 1
-    text = tok.sp.DecodeIds(ids[1:])
-    assert text == "<start_of_turn>user\nWrite XML.\n\na cat<end_of_turn>\n<start_of_turn>model\n"
+    enc = tok.encode_plain
+    assert ids == [tok.bos_id, sot, *enc("user\nWrite XML.\n\na cat"), eot, *enc("\n"), sot, *enc("model\n")]
+    assert tok.sp.DecodeIds(enc("user\nWrite XML.\n\na cat")) == "user\nWrite XML.\n\na cat"
