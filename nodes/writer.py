@@ -15,7 +15,7 @@ from ..newbie_core.writer import (
     writer_for_encoder,
     writer_from_state,
 )
-from ..newbie_core.writer.generate import MAX_NEW_TOKENS_LIMIT
+from ..newbie_core.writer.generate import MAX_NEW_TOKENS_LIMIT, partial_state
 from ._api import io, schema
 from .comfy_text import is_newbie_clip
 
@@ -118,6 +118,17 @@ class NewBiePromptWriter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, partial_prompt: str | None = None) -> bool | str:
+        """A partial prompt the writer cannot continue is refused when the graph is queued."""
+        if not isinstance(partial_prompt, str):
+            return True
+        try:
+            partial_state(partial_prompt)
+        except NewBieError as exc:
+            return f"NewBie Prompt Writer: {exc}"
+        return True
+
+    @classmethod
     def execute(
         cls,
         clip,
@@ -131,8 +142,6 @@ class NewBiePromptWriter(io.ComfyNode):
         settings = WriterSettings(seed, max_new_tokens, temperature, top_p)
         try:
             settings.validate()
-            from ..newbie_core.writer.generate import partial_state
-
             partial_state(partial_prompt or "")  # bad input is reported before anything loads
             lm, tokenizer = writer_from_clip(clip)
             result = write_prompt(lm, tokenizer, text, settings, partial=partial_prompt or "")

@@ -46,6 +46,9 @@ def test_writer_node_continues_a_partial_prompt(node_classes, tiny):
     assert xml.startswith(partial) and parse(xml).characters[0].fields["n"] == "hatsune_miku"
     with pytest.raises(ValueError, match=r"NewBie Prompt Writer: partial prompt, line 1, column 2"):
         _write(node_classes, clip, partial="<x>")
+    verdict = node_classes["NewBiePromptWriter"].validate_inputs(partial_prompt="<character_1>\n<x>")
+    assert verdict.startswith("NewBie Prompt Writer: partial prompt, line 2, column 2: the writer cannot continue")
+    assert node_classes["NewBiePromptWriter"].validate_inputs(partial_prompt="") is True
 
 
 def test_writer_node_on_core_newbie_clip_writes_what_ours_writes(node_classes, tiny, monkeypatch):
