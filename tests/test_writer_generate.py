@@ -170,3 +170,14 @@ def test_cli_write_bad_input_is_one_line(argv, message):
     rc, out, err = _cli(*argv)
     assert rc == 2 and out == ""
     assert message in err
+
+
+def test_cli_write_with_a_models_dir_uses_its_gemma(tmp_path):
+    from model_files import write_tiny_models
+
+    write_tiny_models(tmp_path)
+    args = ["a cat on a sofa", "--models-dir", str(tmp_path), "--dtype", "fp32", "--max-new-tokens", "64"]
+    rc, out, err = _cli(*args)
+    assert rc == 0, err
+    assert "gemma_tiny.safetensors" in err
+    _assert_valid(out)
