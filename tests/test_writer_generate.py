@@ -181,3 +181,16 @@ def test_cli_write_with_a_models_dir_uses_its_gemma(tmp_path):
     assert rc == 0, err
     assert "gemma_tiny.safetensors" in err
     _assert_valid(out)
+
+
+@pytest.mark.parametrize("scale,top_p", [(0.5, 0.9), (0.5, 0.3), (6.0, 0.95)])
+def test_nucleus_is_the_smallest_most_probable_set(scale, top_p):
+    """Against a full sort, on flat distributions (the bisection path) and peaked ones (the top-k path)."""
+    from newbie_core.writer.constrained import _nucleus
+
+    probs = torch.softmax(torch.randn(100_000, generator=torch.Generator().manual_seed(1)) * scale, 0)
+    p, ids = _nucleus(probs, top_p)
+    sp, sids = torch.sort(probs, descending=True)
+    n = int(((torch.cumsum(sp, 0) - sp) < top_p).sum())
+    assert set(ids.tolist()) == set(sids[:n].tolist())
+    assert torch.equal(p, probs[ids])

@@ -18,8 +18,8 @@ the allowed part of the nucleus is sampled by rejection (exact); only if 32 draw
 refused is the sample taken among the allowed tokens of the nucleus' 4096 most likely ids.
 
 Cost per token (``benchmarks/bench_writer_constraint.py``, 262k synthetic vocabulary): a few ms
-for a trained model's peaked distribution; a flat one (an untrained model) pays for sorting most
-of the vocabulary to find its nucleus.
+for a trained model's peaked distribution; a flat one (an untrained model, a high temperature)
+pays for a few dozen passes over the vocabulary to find its nucleus, still with no full sort.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .tokens import TokenTable
 _SMALL_RANGE = 256
 _REJECTION_TRIES = 32
 _SCAN_LIMIT = 4096
+_TOPK_LIMIT = 4096
 
 
 class GrammarDecoder:
@@ -126,13 +127,15 @@ class GrammarDecoder:
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, ids) of the smallest most-probable set holding ``top_p`` of the mass, most likely first.
+    """(probabilities, ids) of the smallest most-probable set holding ``top_p`` of the mass.
 
-    Grows a top-k instead of sorting the whole vocabulary: a trained model's nucleus is small.
+    A trained model's nucleus is small: a growing top-k finds it (most likely first). A flat
+    distribution's nucleus is most of the vocabulary: its probability threshold is narrowed by
+    bisection and only the few ids near it are sorted (ids then are not in probability order).
     """
     vocab = probs.numel()
     k = min(vocab, 512)
-    while True:
+    while k <= _TOPK_LIMIT:
         p, ids = torch.topk(probs, k)
         before = torch.cumsum(p, 0) - p
         n = int((before < top_p).sum())
@@ -140,6 +143,30 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Ten
             n = max(1, n)
             return p[:n], ids[:n]
         k = min(vocab, k * 8)
+    # mass strictly above lo >= top_p > mass strictly above hi; narrow the band, then sort only the band
+    lo, hi = 0.0, float(probs.max())
+    zero = probs.new_zeros(())
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        if float(torch.where(probs > mid, probs, zero).sum()) >= top_p:
+            lo = mid
+        else:
+            hi = mid
+    above = probs > hi
+    base = float(torch.where(above, probs, zero).sum())
+    band = torch.nonzero((probs > lo) & ~above).flatten()
+    bp, order = torch.sort(probs[band], descending=True)
+    m = int((base + torch.cumsum(bp, 0) - bp < top_p).sum())
+    ids = torch.cat([torch.nonzero(above).flatten(), band[order[:m]]])
+    return probs[ids], ids
+
+
+def _sample(weights: torch.Tensor, generator: torch.Generator) -> int:
+    """An index drawn in proportion to ``weights`` (one uniform number and a search: cheap on 262k entries)."""
+    cdf = torch.cumsum(weights.double(), 0)
+    u = float(torch.rand((), generator=generator, dtype=torch.float64)) * float(cdf[-1])
+    i = int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64), right=True))
+    return i if i < len(weights) else int(torch.nonzero(weights).flatten()[-1])  # u rounded up to the total
 
 
 def _best_allowed(logits: torch.Tensor, allowed: dict[int, object]) -> int:
@@ -172,14 +199,14 @@ def choose_token(
     if allowed is not None:
         keep = torch.isin(ids, torch.tensor(list(allowed)))
         if keep.any():
-            tok = int(ids[torch.multinomial(p * keep, 1, generator=generator)])
+            tok = int(ids[_sample(p * keep, generator)])
         else:
             tok = _best_allowed(logits, allowed)
         return tok, allowed[tok]
 
     weights = p.clone()
     for _ in range(_REJECTION_TRIES):  # exact: a rejected draw is removed and the rest renormalised
-        pick = int(torch.multinomial(weights, 1, generator=generator))
+        pick = _sample(weights, generator)
         state = decoder.check(int(ids[pick]), left)
         if state is not None:
             return int(ids[pick]), state
@@ -188,16 +215,15 @@ def choose_token(
             break
     # Rarely reached (the grammar refused every draw): sample among the allowed tokens found checking the
     # most likely part of the nucleus, else take the most likely allowed token overall.
-    head = weights[:_SCAN_LIMIT]
+    top = torch.topk(weights, min(_SCAN_LIMIT, len(weights))).indices
+    head = torch.zeros_like(weights)
     states = {}
-    for j in torch.nonzero(head).flatten().tolist():
-        state = decoder.check(int(ids[j]), left)
-        if state is None:
-            head[j] = 0
-        else:
+    for j in top.tolist():
+        if weights[j] > 0 and (state := decoder.check(int(ids[j]), left)) is not None:
+            head[j] = weights[j]
             states[j] = state
     if states:
-        pick = int(torch.multinomial(head, 1, generator=generator))
+        pick = _sample(head, generator)
         return int(ids[pick]), states[pick]
     return _first_allowed(decoder, logits, left)
 
