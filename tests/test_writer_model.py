@@ -109,3 +109,17 @@ def test_writer_from_someone_elses_weights_shares_their_storage(gemma_file):
         assert p.data_ptr() == state[name].data_ptr(), name
     ids = [2, 10, 20, 30]
     assert torch.allclose(lm.next_logits(torch.tensor([ids])), _reference_logits(ref, ids), atol=1e-4)
+
+
+def test_a_scaled_quantised_file_is_refused_by_name(gemma_file, tmp_path):
+    path, _ = gemma_file
+    sd = load_file(str(path))
+    sd["model.layers.3.mlp.down_proj.scale_weight"] = torch.ones(())
+    q = tmp_path / "gemma_scaled_fp8.safetensors"
+    save_file(sd, str(q))
+    encoder, _ = load_gemma(q, dtype=torch.float32)
+    with pytest.raises(
+        CheckpointError,
+        match=r"gemma_scaled_fp8.safetensors: the prompt writer cannot read the top .*'model.layers.3.mlp.down_proj.scale_weight'",
+    ):
+        writer_for_encoder(encoder)

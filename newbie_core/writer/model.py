@@ -134,8 +134,15 @@ def extend_encoder(encoder: GemmaTextEncoder, read: Callable[[str], torch.Tensor
     return writer
 
 
+_SCALE_SUFFIXES = ("scale_weight", "weight_scale", "scale_input", "input_scale", ".absmax", ".quant_state")
+
+
 def file_reader(path) -> Callable[[str], torch.Tensor]:
-    """``read(hf_name)`` over a Gemma file or folder: opens headers only, reads each asked tensor once."""
+    """``read(hf_name)`` over a Gemma file or folder: opens headers only, reads each asked tensor once.
+
+    Scaled/blockwise-quantised files are refused: their raw tensors are not the weights, and
+    plain fp8 is widened exactly by the caller's dtype conversion.
+    """
     files, folder = weight_files(Path(path))
     reader = TensorReader.open(files)
     where = files[0] if len(files) == 1 else folder
@@ -143,6 +150,13 @@ def file_reader(path) -> Callable[[str], torch.Tensor]:
         prefix = _prefix(reader.tensors)
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
+    scaled = next((k for k in reader.tensors if k.endswith(_SCALE_SUFFIXES)), None)
+    if scaled is not None or "_quantization_metadata" in reader.metadata:
+        what = f"key {scaled!r}" if scaled else "_quantization_metadata"
+        raise CheckpointError(
+            f"{where}: the prompt writer cannot read the top layer of a quantised Gemma file ({what}); "
+            "use the bf16 or fp16 file"
+        )
 
     def read(name: str) -> torch.Tensor:
         key = prefix + name
@@ -169,6 +183,15 @@ def writer_for_encoder(encoder: GemmaTextEncoder, source=None) -> GemmaWriterLM:
     return extend_encoder(encoder, file_reader(source))
 
 
+def _config_from_shapes(shapes: dict, n_layers: int):
+    """The encoder config the text package derives from key shapes alone (no config.json, no prefix)."""
+    if "stated" in inspect.signature(_text_config).parameters:  # the config.json-aware signature
+        out = _text_config(shapes, "", Path(os.devnull), n_layers, None, "Gemma weights")
+    else:
+        out = _text_config(shapes, "", Path(os.devnull), n_layers)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def writer_from_state(state: Mapping[str, torch.Tensor]) -> GemmaWriterLM:
     """A writer LM over someone else's full Gemma weights (HF names, no prefix), sharing their storage."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -176,7 +199,7 @@ def writer_from_state(state: Mapping[str, torch.Tensor]) -> GemmaWriterLM:
     if "embed_tokens.weight" not in shapes or not layers:
         raise CheckpointError("these Gemma weights have no token embedding or no decoder layers")
     try:
-        config = full_config(_text_config(shapes, "", Path(os.devnull), max(layers) + 1))
+        config = full_config(_config_from_shapes(shapes, max(layers) + 1))
     except KeyError as exc:
         raise CheckpointError(f"missing Gemma key {exc.args[0]!r}") from None
 
