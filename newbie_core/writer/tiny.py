@@ -10,7 +10,7 @@ import zlib
 import torch
 
 from ..tiny import SEED, tiny_text_encoders
-from .model import GemmaWriterLM, extend_encoder
+from .model import GemmaWriterLM, extend_encoder, full_config
 
 
 def _seeded(name: str, shape) -> torch.Tensor:
@@ -30,12 +30,9 @@ def tiny_writer(encoders=None) -> tuple[GemmaWriterLM, object]:
     def read(name: str) -> torch.Tensor:
         return _seeded(name, shapes[name])
 
-    from .model import full_config
+    from transformers import Gemma3TextModel
 
-    config = full_config(gemma.config)
     with torch.device("meta"):
-        from transformers import Gemma3TextModel
-
-        probe = Gemma3TextModel(config)
+        probe = Gemma3TextModel(full_config(gemma.config))
     shapes.update({k: tuple(v.shape) for k, v in probe.state_dict().items()})
     return extend_encoder(gemma, read), encoders.gemma_tokenizer
