@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..text.gemma import GemmaTextEncoder, _materialise_buffers, _prefix, _text_config
-from ..weights import TensorReader, weight_files
+from ..weights import QuantisedWeights, TensorReader, weight_files
 
 
 def _layer_type(config, index: int) -> str:
@@ -134,14 +134,11 @@ def extend_encoder(encoder: GemmaTextEncoder, read: Callable[[str], torch.Tensor
     return writer
 
 
-_SCALE_SUFFIXES = ("scale_weight", "weight_scale", "scale_input", "input_scale", ".absmax", ".quant_state")
-
-
 def file_reader(path) -> Callable[[str], torch.Tensor]:
     """``read(hf_name)`` over a Gemma file or folder: opens headers only, reads each asked tensor once.
 
-    Scaled/blockwise-quantised files are refused: their raw tensors are not the weights, and
-    plain fp8 is widened exactly by the caller's dtype conversion.
+    Goes through the same dequantising reader as the encoder, so scaled-fp8 files give the weights
+    they mean (and block-quantised ones are refused by name), exactly as for the other layers.
     """
     files, folder = weight_files(Path(path))
     reader = TensorReader.open(files)
@@ -150,13 +147,7 @@ def file_reader(path) -> Callable[[str], torch.Tensor]:
         prefix = _prefix(reader.tensors)
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
-    scaled = next((k for k in reader.tensors if k.endswith(_SCALE_SUFFIXES)), None)
-    if scaled is not None or "_quantization_metadata" in reader.metadata:
-        what = f"key {scaled!r}" if scaled else "_quantization_metadata"
-        raise CheckpointError(
-            f"{where}: the prompt writer cannot read the top layer of a quantised Gemma file ({what}); "
-            "use the bf16 or fp16 file"
-        )
+    weights = QuantisedWeights(reader, where)
 
     def read(name: str) -> torch.Tensor:
         key = prefix + name
@@ -165,7 +156,7 @@ def file_reader(path) -> Callable[[str], torch.Tensor]:
                 f"{where}: missing Gemma key {key!r}; the prompt writer needs the full model "
                 "(this file seems to hold only the layers the image encoder uses)"
             )
-        return reader.get(key)
+        return weights.get(key)
 
     return read
 
@@ -185,11 +176,8 @@ def writer_for_encoder(encoder: GemmaTextEncoder, source=None) -> GemmaWriterLM:
 
 def _config_from_shapes(shapes: dict, n_layers: int):
     """The encoder config the text package derives from key shapes alone (no config.json, no prefix)."""
-    if "stated" in inspect.signature(_text_config).parameters:  # the config.json-aware signature
-        out = _text_config(shapes, "", Path(os.devnull), n_layers, None, "Gemma weights")
-    else:
-        out = _text_config(shapes, "", Path(os.devnull), n_layers)
-    return out[0] if isinstance(out, tuple) else out
+    config, _assumed = _text_config(shapes, "", Path(os.devnull), n_layers, None, "Gemma weights")
+    return config
 
 
 def writer_from_state(state: Mapping[str, torch.Tensor]) -> GemmaWriterLM:
