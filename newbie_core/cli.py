@@ -1,4 +1,4 @@
-"""Command line: ``python -m newbie_core generate`` (one image) and ``python -m newbie_core create`` (interactive).
+"""Command line: ``python -m newbie_core generate`` (one image), ``create`` (interactive), ``write`` (XML prompt).
 
 Without ``--models-dir`` both run the embedded tiny smoke-test model, so they work on a fresh
 machine with no downloads; with it they load the real NewBie files.
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lora_args(create)
     _add_common_args(create)
     _add_batch_command(sub)
+    _add_write_args(sub)
     return parser
 
 
@@ -280,6 +281,12 @@ def _add_batch_command(sub) -> None:
     _add_lora_args(batch)
     _add_speed_args(batch)
     _add_common_args(batch)
+
+
+def _add_write_args(sub) -> None:
+    from .writer.cli import add_write_parser
+
+    _add_common_args(add_write_parser(sub))
 
 
 DEMO_PROMPT = """<character_1>
@@ -697,6 +704,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
             from .batch import run_batch
 
             return run_batch(args, out, err, label)
+        if args.command == "write":
+            from .writer.cli import cmd_write
+
+            return cmd_write(args, out, err)
         return cmd_create(args, inp, out, err, label)
     except KeyboardInterrupt:
         print("\n" + interrupted_message(None), file=err)

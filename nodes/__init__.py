@@ -6,7 +6,7 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, img2img, latent_vae, loaders, lora, prompt, sampling
+    from . import encoders, img2img, latent_vae, loaders, lora, prompt, sampling, writer
 
     return [
         *loaders.NODES,
@@ -16,6 +16,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         *sampling.NODES,
         *latent_vae.NODES,
         *img2img.NODES,
+        *writer.NODES,
     ]
 
 

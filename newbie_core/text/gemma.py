@@ -240,6 +240,7 @@ def load_gemma(path, dtype: torch.dtype | None = None, device="cpu") -> tuple[Ge
         state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
     encoder.model.load_state_dict(state, strict=True, assign=True)
     _materialise_buffers(encoder.model, config, device)
+    encoder.source = path  # the prompt writer reads the top layer from here, lazily and only on demand
 
     if "spiece_model" in reader.tensors:
         blob = reader.get("spiece_model").numpy().tobytes()

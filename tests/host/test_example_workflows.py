@@ -273,3 +273,28 @@ def test_image_to_image_workflows_keep_the_input_size_and_hires_doubles_it(serve
             assert (run.steps, run.width, run.height) == (2, 64, 64)
             assert run.cfg == sampler["widgets_values"][3] and run.prompt.startswith("<character_1>")
     assert sizes == {"newbie_img2img": (64, 64), "newbie_inpaint": (64, 64), "newbie_hires": (128, 128)}
+
+
+def test_prompt_writer_feeds_the_encoder_in_a_served_graph(server):
+    """The writer node between the loader and NewBie Text Encode, executed by the server; the XML it wrote parses."""
+    from newbie_core.xml_prompt import parse
+
+    path = PACK_ROOT / "example_workflows" / "newbie_text_to_image.json"
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    prompt = to_api(workflow, server["info"], small(workflow))
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "NewBieTextEncoderLoader")
+    encode = next(k for k, v in prompt.items() if v["class_type"] == "NewBieTextEncode" and "text" in v["inputs"])
+    prompt["900"] = {
+        "class_type": "NewBiePromptWriter",
+        "inputs": dict(
+            clip=[loader, 0], text="two girls having tea", seed=5, max_new_tokens=96, temperature=0.7, top_p=0.95
+        ),
+    }
+    prompt["901"] = {"class_type": "PreviewAny", "inputs": {"source": ["900", 0]}}
+    prompt[encode]["inputs"]["text"] = ["900", 0]
+    result = run_prompt(server, prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)[-3000:]
+    (xml,) = result["outputs"]["901"]["text"]
+    parsed = parse(xml)
+    assert parsed.is_xml and parsed.warnings == [] and parsed.general_tags
+    assert any(out.get("images") for out in result["outputs"].values())

@@ -25,6 +25,7 @@ EXPECTED_IDS = {
     "NewBieVAEEncode",
     "NewBieHiresFix",
     "NewBieLoadRunFromImage",
+    "NewBiePromptWriter",
 }
 
 
