@@ -266,8 +266,20 @@ def test_vae_decode_node_with_stock_vae(node_classes, tiny, comfy):
 
     sd = comfy.utils.load_torch_file(folder_paths.get_full_path("vae", "ae_tiny.safetensors"))
     vae = comfy.sd.VAE(sd=sd)
-    images = node_classes["NewBieVAEDecode"].execute({"samples": torch.randn(1, 16, 6, 8)}, vae, 512, 64).result[0]
+    latent = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(5))
+    images = node_classes["NewBieVAEDecode"].execute({"samples": latent}, vae, 512, 64).result[0]
     assert images.shape == (1, 48, 64, 3)
+    # independent decode of the same latent with the same weights (newbie_core's decoder, itself checked against a
+    # functional reference in tests/test_vae.py): the node must decode *this* latent, not zeros or a scaled copy
+    from newbie_core.vae import AutoEncoder, VAEConfig
+
+    ref_vae = AutoEncoder(VAEConfig(ch=stock_vae_width(), ch_mult=(1, 2, 4, 4), num_res_blocks=2))
+    ref_vae.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    with torch.no_grad():
+        expected = ((ref_vae.decode(latent) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert (images.float() - expected).abs().max() < 2e-2
+    blank = ((ref_vae.decode(torch.zeros_like(latent)) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert (images.float() - blank).abs().max() > 0.1
 
 
 def test_empty_latent_rejects_impossible_size(node_classes):
