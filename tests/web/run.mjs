@@ -48,12 +48,13 @@ const CASES = [
   "<character_1><hair>x</hair></character_1>",
   "1girl, <3, >_<",
 ];
+const corpus = JSON.parse(await readFile(path.join(root, "tests", "xml_prompt_corpus.json"), "utf8")).cases;
 const python = process.env.PYTHON || "python3";
 const expected = JSON.parse(execFileSync(python, ["-c", `
 import json, sys
 sys.path.insert(0, ${JSON.stringify(root)})
-from newbie_core.xml_prompt import XMLPromptError, parse
-out = []
+from newbie_core.xml_prompt import CHARACTER_FIELDS, GENERAL_FIELDS, XMLPromptError, parse
+out = [{"character": list(CHARACTER_FIELDS), "general": list(GENERAL_FIELDS)}]
 for text in json.load(sys.stdin):
     try:
         p = parse(text)
@@ -62,6 +63,7 @@ for text in json.load(sys.stdin):
         out.append({"ok": False, "message": str(e)})
 print(json.dumps(out))
 `], { input: JSON.stringify(CASES) }).toString());
+const pythonFields = expected.shift();
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -154,6 +156,33 @@ await check("browser validator matches newbie_core on every case", async () => {
     }
   }), CASES);
   for (let k = 0; k < CASES.length; k++) eq(got[k], expected[k], `case ${k} ${JSON.stringify(CASES[k]).slice(0, 40)}`);
+});
+await check("field lists are newbie_core's", async () => {
+  eq(await page.evaluate(() => [window.validate.CHARACTER_FIELDS, window.validate.GENERAL_FIELDS]), [pythonFields.character, pythonFields.general], "fields");
+});
+await check("shared corpus: parse -> build gives Python's text and keeps every value", async () => {
+  const got = await page.evaluate((cases) => cases.map(({ text }) => {
+    const v = window.validate;
+    try {
+      const p = v.parsePrompt(text);
+      const formatted = v.buildPrompt(p);
+      const again = v.parsePrompt(formatted);
+      return { formatted, warnings: p.warnings.map((w) => `line ${w.line}, column ${w.column}: ${w.message}`), stable: v.buildPrompt(again) === formatted };
+    } catch (e) {
+      return { error: e.message };
+    }
+  }), corpus);
+  for (let k = 0; k < corpus.length; k++) {
+    const c = corpus[k];
+    const want = "error" in c ? { error: c.error } : { formatted: c.formatted, warnings: c.warnings ?? [], stable: true };
+    eq(got[k], want, `corpus case "${c.name}"`);
+  }
+});
+await check("Format keeps <style>, unknown tags and sections", async () => {
+  await type("<notes>keep me</notes>\n<character_1><n>a</n><hair>long</hair></character_1>\n<style>sketch</style>");
+  await page.click("text=Format");
+  eq(await page.evaluate(() => window.node.widgets[0].value),
+     "<style>sketch</style>\n\n<character_1>\n<n>a</n>\n<hair>long</hair>\n</character_1>\n\n<notes>keep me</notes>", "value");
 });
 await check("no errors in the page", async () => eq(errors, [], "page errors"));
 
