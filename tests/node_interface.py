@@ -5,7 +5,8 @@ outputs by index. ``describe`` reads those facts from the V3 schema objects (the
 stand-ins of ``tests/comfy_stub.py`` in CI); ``breaking_changes`` says which differences would break a saved graph.
 
 Allowed without ceremony (``python -m tests.update_node_interface`` writes them): new nodes, new *optional* inputs
-appended after all existing inputs, new outputs appended after existing ones. Anything else (renaming, reordering,
+appended after all existing inputs, new outputs appended after existing ones, new choices in a combo (saved graphs
+store the chosen string, so adding choices anywhere is harmless; removing one is not). Anything else (renaming, reordering,
 removing, a type or default change, a new required input) is a breaking, versioned change: the update command refuses
 it unless run with ``--breaking "why"``, which bumps ``interface_version``; prefer a new node id plus ComfyUI's
 deprecation (``is_deprecated=True``) and node replacement (``io.NodeReplace``) so old graphs keep loading.
@@ -106,8 +107,12 @@ def breaking_changes(old: dict, new: dict) -> list[str]:
         for i, inp in enumerate(old_inputs):
             if i >= len(new_inputs):
                 problems.append(f"{node_id}: input {inp['name']!r} removed")
-            elif new_inputs[i] != inp:
+            elif _without_options(new_inputs[i]) != _without_options(inp):
                 problems.append(f"{node_id}: input #{i} was {_show(inp)}, now {_show(new_inputs[i])}")
+            else:
+                gone = [o for o in inp.get("options", []) if o not in new_inputs[i].get("options", [])]
+                if gone:
+                    problems.append(f"{node_id}.{inp['name']}: options {gone} removed (saved graphs may hold them)")
         for inp in new_inputs[len(old_inputs) :]:
             if not inp["optional"]:
                 problems.append(f"{node_id}: new input {inp['name']!r} is required; new inputs must be optional")
@@ -131,8 +136,16 @@ def additions(old: dict, new: dict) -> list[str]:
         if after is None:
             continue
         lines += [f"{node_id}: new optional input {i['name']!r}" for i in after["inputs"][len(before["inputs"]) :]]
+        for b, a in zip(before["inputs"], after["inputs"]):
+            added = [o for o in a.get("options", []) if o not in b.get("options", [])]
+            if added and a["name"] == b["name"]:
+                lines.append(f"{node_id}.{a['name']}: new options {added}")
         lines += [f"{node_id}: new output {o['name']!r}" for o in after["outputs"][len(before["outputs"]) :]]
     return lines
+
+
+def _without_options(inp: dict) -> dict:
+    return {k: v for k, v in inp.items() if k != "options"}
 
 
 def _show(inp: dict) -> str:

@@ -100,6 +100,7 @@ def _changed(edit):
         (lambda n: n["outputs"].insert(0, {"name": "extra", "type": "LATENT"}), "outputs"),
         (lambda n: n.update(widgets_values=["cfg", "steps"]), "widget order"),
         (lambda n: n.update(deprecated=True), "deprecated"),
+        (lambda n: n["inputs"][1].update(type="COMBO", options=["a"]), "input #1"),
     ],
 )
 def test_breaking_changes_are_named(edit, expected):
@@ -121,14 +122,27 @@ def test_additive_changes_are_allowed_and_listed():
     assert breaking_changes(BASE, {}) == ["N: node removed (saved graphs name it)"]
 
 
-def test_update_command_refuses_a_breaking_change(tmp_path):
+def test_combo_choices_may_be_added_but_not_removed():
+    old = {"N": _node(("mode", "COMBO", False, True, "a"))}
+    old["N"]["inputs"][0]["options"] = ["a", "b"]
+    grown = copy.deepcopy(old)
+    grown["N"]["inputs"][0]["options"] = ["c", "a", "b"]
+    assert breaking_changes(old, grown) == []
+    assert additions(old, grown) == ["N.mode: new options ['c']"]
+    shrunk = copy.deepcopy(old)
+    shrunk["N"]["inputs"][0]["options"] = ["a"]
+    assert breaking_changes(old, shrunk) == ["N.mode: options ['b'] removed (saved graphs may hold them)"]
+
+
+def test_update_command_refuses_a_breaking_change(tmp_path, current):
     golden = load_golden()
     first = golden["nodes"]["NewBieSampler"]["inputs"][4]
     assert first["name"] == "seed"
     first["name"] = "noise_seed"  # as if the node had renamed noise_seed -> seed
     path = tmp_path / "golden.json"
     path.write_text(dump(golden), encoding="utf-8")
-    proc = _run_update(golden=path)
+    (tmp_path / "current.json").write_text(json.dumps(current), encoding="utf-8")
+    proc = _run_update("--current", str(tmp_path / "current.json"), golden=path)
     assert proc.returncode == 1
     assert "refusing" in proc.stderr and "NewBieSampler: input #4" in proc.stderr and "--breaking" in proc.stderr
     assert json.loads(path.read_text(encoding="utf-8")) == golden  # nothing written

@@ -42,9 +42,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.update_node_interface", description=__doc__.split("\n")[0])
     parser.add_argument("--print", action="store_true", help="print the current interface and exit")
     parser.add_argument("--breaking", metavar="WHY", help="accept a breaking change and bump interface_version")
+    parser.add_argument("--current", metavar="JSON", help=argparse.SUPPRESS)  # tests: an interface instead of the pack
     args = parser.parse_args(argv)
 
-    current = ni.describe_all(pack_node_classes())
+    if args.current:
+        current = json.loads(Path(args.current).read_text(encoding="utf-8"))
+    else:
+        current = ni.describe_all(pack_node_classes())
     if args.print:
         sys.stdout.write(json.dumps(current, ensure_ascii=False))
         return 0

@@ -287,7 +287,8 @@ def test_empty_latent_rejects_impossible_size(node_classes):
     assert node.validate_inputs("custom", 1000, 1024, 1) == (
         "NewBie Empty Latent: 1000x1024 is impossible; width and height must be multiples of 16"
     )
-    assert node.execute("832x1216 (2:3)", 0, 0, 2).result[0]["samples"].shape == (2, 16, 152, 104)
+    samples = node.execute("832x1216 (2:3)", 0, 0, 2).result[0]["samples"]
+    assert samples.shape == (2, 16, 152, 104) and not samples.any()  # width 832, height 1216; all zeros
 
 
 def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, monkeypatch):
