@@ -12,6 +12,7 @@ const root = path.resolve(here, "../..");
 const routes = {
   "/": path.join(here, "index.html"),
   "/scripts/app.js": path.join(here, "stub_app.js"),
+  "/node_interface.json": path.join(root, "tests", "node_interface.json"),
 };
 
 const server = http.createServer(async (req, res) => {
@@ -145,6 +146,21 @@ await check("import XML into builder nodes", async () => {
   eq(await page.evaluate(() => window.__links), [
     ["NewBieCharacter", 0, "NewBieCharacter", 0], ["NewBieCharacter", 0, "NewBieXMLAssemble", 0], ["NewBieGeneralTags", 0, "NewBieXMLAssemble", 1],
   ], "links");
+});
+await check("imported builder nodes do not overlap each other or the prompt node", async () => {
+  const rects = await page.evaluate(() => [window.node, ...window.app.graph.nodes].map((n) => [n.pos[0], n.pos[1] - 30, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]));
+  for (let i = 0; i < rects.length; i++) for (let j = i + 1; j < rects.length; j++) {
+    const [a, b] = [rects[i], rects[j]];
+    if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) throw new Error(`nodes ${i} and ${j} overlap: ${a} / ${b}`);
+  }
+});
+await check("To builder nodes refuses what the builders would drop, and says what", async () => {
+  await page.evaluate(() => { window.app.graph.nodes = []; window.__links = []; });
+  await type("<style>sketch</style>\n<character_1><n>a</n><hair>long</hair></character_1>\n<character_3><n>c</n></character_3>");
+  await page.click("text=To builder nodes");
+  eq(await page.evaluate(() => window.app.graph.nodes.length), 0, "nodes created");
+  eq(await page.evaluate(() => document.querySelector(".nb-xml-status").textContent),
+     "To builder nodes: <style>, <hair> in <character_1>, the numbering character_1, character_3 cannot be carried by the builder nodes; nothing was created (keep this prompt in the XML node)", "status");
 });
 await check("browser validator matches newbie_core on every case", async () => {
   const got = await page.evaluate((cases) => cases.map((text) => {
