@@ -8,9 +8,9 @@ and :class:`newbie_core.dit.NextDiT` returns the velocity ``v = dx_t/dt = x_data
 the sinusoidal embedder unscaled (no x1000). ``newbie_core.sampling`` integrates in ``t``.
 
 Hosts such as ComfyUI use ``sigma = 1 - t`` (sigma = 1 is noise) and a CONST flow prediction whose
-``denoised = x - sigma * output``; so the network output ComfyUI expects is ``-v`` and, conversely, a host's data
-estimate gives back ``v = (denoised - x) / sigma``. Code that crosses between the two spaces uses these helpers
-instead of writing ``1 - sigma`` or a sign again.
+``denoised = x - sigma * output``; so the network output ComfyUI expects is ``-v``, the data estimate is
+``x_t + (1 - t) v = x + sigma v``, and a host's data estimate gives back ``v = (denoised - x) / sigma``. Code that
+crosses between the two spaces calls these helpers instead of writing ``1 - sigma`` or a sign again.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 
 
-def t_from_sigma(sigma):
+def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
     """ComfyUI/Flux sigma (1 = noise) -> official NewBie time (0 = noise)."""
     return 1.0 - sigma
 
 
-def sigma_from_t(t):
+def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
     """Official NewBie time (0 = noise) -> ComfyUI/Flux sigma (1 = noise)."""
     return 1.0 - t
 
@@ -33,6 +33,11 @@ def comfy_output_from_velocity(velocity: torch.Tensor) -> torch.Tensor:
     return -velocity
 
 
-def velocity_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """A host's data estimate at ``sigma`` -> the official velocity: ``(denoised - x) / sigma``."""
-    return (denoised - x) / sigma
+def denoised_from_velocity(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_data estimate from a velocity at time t: ``x_t + (1 - t) * v``."""
+    return x_t + (1.0 - t) * velocity
+
+
+def velocity_from_denoised(x_t: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
+    """Inverse of :func:`denoised_from_velocity` in sigma terms: ``v = (x0 - x_t) / sigma`` (sigma > 0)."""
+    return (denoised - x_t) / sigma

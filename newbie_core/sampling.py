@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from .conventions import sigma_from_t, t_from_sigma, velocity_from_denoised
+from .conventions import denoised_from_velocity, sigma_from_t, t_from_sigma, velocity_from_denoised
 from .errors import ConfigError
 
 SOLVERS = ("euler", "midpoint")
@@ -119,7 +119,7 @@ def guided_denoised(x, cond_denoised, uncond_denoised, sigma, scale: float, reno
     sigma = sigma.clamp_min(1e-6)
     v_c = velocity_from_denoised(x, cond_denoised, sigma)
     v_u = velocity_from_denoised(x, uncond_denoised, sigma)
-    return x + sigma * guided_velocity(v_c, v_u, scale, renorm)
+    return denoised_from_velocity(x, guided_velocity(v_c, v_u, scale, renorm), t_from_sigma(sigma))
 
 
 @torch.no_grad()

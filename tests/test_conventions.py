@@ -19,8 +19,9 @@ def test_host_round_trip_recovers_the_velocity():
     sigma = torch.tensor([0.7, 0.2]).view(2, 1, 1, 1)
     denoised = x - sigma * cv.comfy_output_from_velocity(v)
     assert torch.allclose(cv.velocity_from_denoised(x, denoised, sigma), v, atol=1e-6)
-    # the data estimate moves along +v: at t = 1 - sigma, x_data = x_t + (1 - t) v
+    # the data estimate moves along +v: at t = 1 - sigma, x_data = x_t + (1 - t) v = x + sigma v
     assert torch.allclose(denoised, x + sigma * v, atol=1e-6)
+    assert torch.allclose(cv.denoised_from_velocity(x, v, cv.t_from_sigma(sigma)), denoised, atol=1e-6)
 
 
 def test_time_and_sigma_are_mirror_images():
