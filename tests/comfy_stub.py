@@ -6,8 +6,9 @@ CI has no ComfyUI, yet the node interface must be pinned there. This module inst
   V3 schema objects (``id``, ``optional``, ``default``, ``force_input``, ``options``, ``control_after_generate``,
   ``get_io_type()``), so one reader (``tests/node_interface.py``) works on both;
 - every other host module (``comfy.*``, ``folder_paths``, ``latent_preview``, ...) as a permissive placeholder, except
-  the few values that shape a node's inputs: model-folder listings and ComfyUI's sampler/scheduler names, which become
-  markers such as ``<folder:loras>`` so the golden file records "host-provided" instead of a machine's file list.
+  the few values that shape a node's inputs: model-folder listings, the input/output folders and ComfyUI's
+  sampler/scheduler names, which become markers such as ``<folder:loras>`` so the golden file records
+  "host-provided" instead of a machine's file list.
 
 Only ever install it in a fresh interpreter (``python -m tests.update_node_interface`` or the subprocess the golden
 test starts): it must never leak into a process that imports the real ComfyUI or checks that core is host-free.
@@ -19,7 +20,9 @@ import dataclasses
 import importlib.abc
 import importlib.machinery
 import sys
+import tempfile
 import types
+from pathlib import Path
 
 HOST_ROOTS = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "latent_preview", "node_helpers")
 COMFY_SAMPLERS = "<comfy:samplers>"
@@ -131,6 +134,14 @@ _SOCKETS = {
 }
 
 
+_ENUMS = {
+    "UploadType": ("image", "audio", "video", "model"),
+    "FolderType": ("input", "output", "temp"),
+    "NumberDisplay": ("number", "slider"),
+    "ControlAfterGenerate": ("fixed", "increment", "decrement", "randomize"),
+}
+
+
 def _make_io() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     io.Schema, io.ComfyNode, io.NodeOutput = Schema, ComfyNode, NodeOutput
@@ -139,6 +150,8 @@ def _make_io() -> types.ModuleType:
     for name, io_type in _SOCKETS.items():
         setattr(io, name, _comfy_type(io_type, widget=False))
     io.Custom = lambda io_type: _comfy_type(io_type, widget=False)
+    for name, members in _ENUMS.items():
+        setattr(io, name, types.SimpleNamespace(**{m: m for m in members}))
 
     def missing(name):
         raise AttributeError(f"tests/comfy_stub.py: io.{name} is not stubbed; add it to _WIDGETS or _SOCKETS")
@@ -205,4 +218,10 @@ def install() -> None:
     import folder_paths
 
     folder_paths.get_filename_list = lambda key: [folder_marker(key)]
+    # input/output/temp folders hold one file named like a marker, so a node listing them records "host-provided"
+    root = Path(tempfile.mkdtemp(prefix="newbie-stub-"))
+    for kind in ("input", "output", "temp"):
+        (root / kind).mkdir()
+        (root / kind / folder_marker(kind)).touch()
+        setattr(folder_paths, f"get_{kind}_directory", lambda kind=kind: str(root / kind))
     comfy.samplers.KSampler = type("KSampler", (), {"SAMPLERS": [COMFY_SAMPLERS], "SCHEDULERS": [COMFY_SCHEDULERS]})
