@@ -1,4 +1,4 @@
-"""Regenerate or check the pinned node interface ``tests/node_interface.json`` (no ComfyUI needed).
+"""Regenerate the pinned node interface ``tests/node_interface.json`` (no ComfyUI needed).
 
     python -m tests.update_node_interface              # record additive changes (new nodes, optional inputs
                                                        # appended after existing ones, appended outputs)
