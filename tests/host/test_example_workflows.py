@@ -239,9 +239,9 @@ def _frontend_tools_missing() -> str | None:
     return None
 
 
-def test_real_frontend_draws_the_pinned_widgets_the_chinese_names_and_no_overlaps(server):
-    """ComfyUI's own frontend, headless: widget order equals the golden file's widgets_values, nodes show their zh
-    display names, and no two nodes of any example workflow overlap as the frontend sizes them."""
+def test_real_frontend_draws_the_pinned_widgets_the_translated_names_and_no_overlaps(server):
+    """ComfyUI's own frontend, headless: widget order equals the golden file's widgets_values, nodes show their zh and
+    ja display names, and no two nodes of any example workflow overlap as the frontend sizes them."""
     missing = _frontend_tools_missing()
     if missing:
         pytest.skip(f"frontend check needs a browser: {missing}")
@@ -259,10 +259,14 @@ def test_real_frontend_draws_the_pinned_widgets_the_chinese_names_and_no_overlap
     seen = json.loads(proc.stdout)
     assert seen["errors"] == []
     golden = load_golden()["nodes"]
-    zh = json.loads((PACK_ROOT / "locales" / "zh" / "nodeDefs.json").read_text(encoding="utf-8"))
+    locales = {
+        lang: json.loads((PACK_ROOT / "locales" / lang / "nodeDefs.json").read_text(encoding="utf-8"))
+        for lang in ("zh", "ja")
+    }
     for node_id, node in golden.items():
         expected = [CONTROL if w.endswith(":" + CONTROL) else w for w in node["widgets_values"]]
         assert [w for w in seen["widgets"][node_id] if not w.startswith("$$")] == expected, node_id
-        assert seen["titles"][node_id] == zh[node_id]["display_name"]
+        for lang, defs in locales.items():
+            assert seen["titles"][lang][node_id] == defs[node_id]["display_name"], (lang, node_id)
     for name, nodes in seen["workflows"].items():
         assert not overlapping_pairs({"nodes": nodes}), (name, overlapping_pairs({"nodes": nodes}))

@@ -1,6 +1,6 @@
 // Opens a running ComfyUI server's real frontend in headless Chromium and reports, as JSON on stdout:
 // the rendered rectangle of every node of each example workflow, the widget order of every pack node as the
-// frontend builds it, and each pack node's title with the zh locale. Used by tests/host/test_example_workflows.py.
+// frontend builds it, and each pack node's title with the zh and ja locales. Used by tests/host/test_example_workflows.py.
 //   node frontend_check.mjs <server url> <pack root> [screenshot dir]
 import { readFile, readdir } from "node:fs/promises";
 import path from "node:path";
@@ -44,8 +44,10 @@ for (const name of workflows) {
 }
 result.widgets = await page.evaluate((ids) => Object.fromEntries(ids.map((id) =>
   [id, (LiteGraph.createNode(id).widgets ?? []).map((w) => w.name)])), Object.keys(golden));
-await open("zh");
-result.titles = await page.evaluate((ids) => Object.fromEntries(ids.map((id) => [id, LiteGraph.createNode(id).title])), Object.keys(golden));
+for (const locale of ["zh", "ja"]) {
+  await open(locale);
+  result.titles[locale] = await page.evaluate((ids) => Object.fromEntries(ids.map((id) => [id, LiteGraph.createNode(id).title])), Object.keys(golden));
+}
 await fetch(`${url}/settings/Comfy.Locale`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify("en") });
 await browser.close();
 process.stdout.write(JSON.stringify(result));
