@@ -7,7 +7,7 @@ import logging
 import folder_paths
 
 from ..newbie_core.errors import NewBieError
-from ..newbie_core.text.conditioning import PRESETS, gemma_text
+from ..newbie_core.text.conditioning import ESCAPE_MODES, PRESETS, apply_escapes, gemma_text
 from ._api import io, schema
 from .comfy_text import is_newbie_clip, load_newbie_clip, newbie_tokens
 
@@ -84,7 +84,8 @@ class NewBieTextEncode(io.ComfyNode):
                     "text",
                     multiline=True,
                     dynamic_prompts=True,
-                    tooltip="The prompt: NewBie XML, Danbooru tags or natural language. Used verbatim (no weight syntax).",
+                    tooltip="The prompt: NewBie XML, Danbooru tags or natural language. No (tag:1.2) weight syntax: "
+                    "parentheses are plain text. A1111-style \\( \\) escapes become ( ) (see escapes).",
                 ),
                 io.Combo.Input(
                     "system_prompt",
@@ -100,6 +101,15 @@ class NewBieTextEncode(io.ComfyNode):
                     optional=True,
                     tooltip="Used when system_prompt is custom; prepended to the prompt for Gemma only.",
                 ),
+                io.Combo.Input(
+                    "escapes",
+                    options=ESCAPE_MODES,
+                    default="unescape",
+                    optional=True,
+                    tooltip="unescape: \\(medium\\) reaches both encoders as (medium), as ComfyUI core does and as "
+                    "training captions look (they never contain those backslashes). literal: the text exactly as "
+                    "typed, backslashes included.",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(tooltip="Gemma states + Jina pooled_output + attention_mask, as core's NewBie.")
@@ -107,11 +117,14 @@ class NewBieTextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip, text: str, system_prompt: str, custom_system_prompt: str = "") -> io.NodeOutput:
+    def execute(
+        cls, clip, text: str, system_prompt: str, custom_system_prompt: str = "", escapes: str = "unescape"
+    ) -> io.NodeOutput:
         if clip is None or not is_newbie_clip(clip):
             raise ValueError(
                 "NewBie Text Encode needs a NewBie CLIP: use 'Load NewBie Text Encoders' or DualCLIPLoader with type newbie"
             )
+        text = apply_escapes(text, escapes)
         tokens, dropped = newbie_tokens(clip, gemma_text(text, system_prompt, custom_system_prompt), text)
         if dropped:
             log.warning(
