@@ -5,7 +5,7 @@ NewBie (like Lumina-Image-2.0) is a rectified-flow model trained on the linear p
     x_t = t * x_data + (1 - t) * x_noise,   t in [0, 1],  t = 0 is pure noise,
 
 and :class:`newbie_core.dit.NextDiT` returns the velocity ``v = dx_t/dt = x_data - x_noise``; the timestep enters
-the sinusoidal embedder unscaled (no x1000). ``newbie_core.sampling`` integrates in ``t``.
+the sinusoidal embedder unscaled (no x1000). ``newbie_core.solvers`` integrates in ``t``.
 
 Hosts such as ComfyUI use ``sigma = 1 - t`` (sigma = 1 is noise) and a CONST flow prediction whose
 ``denoised = x - sigma * output``; so the network output ComfyUI expects is ``-v``, the data estimate is
