@@ -25,7 +25,8 @@ def test_real_host_schemas_match_the_golden_file(node_classes):
 def test_host_fills_the_markers_with_its_own_lists(node_classes):
     import comfy.samplers
 
-    sampler = describe(node_classes["NewBieSampler"])
-    options = {i["name"]: i.get("options") for i in sampler["inputs"]}
-    assert options["sampler_name"][:2] == ["newbie_midpoint", "newbie_euler"]
-    assert options["sampler_name"][2:] == list(comfy.samplers.KSampler.SAMPLERS)
+    golden = {i["name"]: i.get("options") for i in load_golden()["nodes"]["NewBieSampler"]["inputs"]}
+    host = {i["name"]: i.get("options") for i in describe(node_classes["NewBieSampler"])["inputs"]}
+    ours = [o for o in golden["sampler_name"] if o != "<comfy:samplers>"]
+    assert ours and host["sampler_name"] == ours + list(comfy.samplers.KSampler.SAMPLERS)
+    assert host["scheduler"] == ["newbie_official"] + list(comfy.samplers.KSampler.SCHEDULERS)
