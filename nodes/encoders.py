@@ -6,6 +6,7 @@ import logging
 
 import folder_paths
 
+from ..newbie_core.dtypes import node_dtype_options
 from ..newbie_core.errors import NewBieError
 from ..newbie_core.text.conditioning import ESCAPE_MODES, PRESETS, apply_escapes, gemma_text
 from ._api import io, schema
@@ -42,7 +43,7 @@ class NewBieTextEncoderLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "dtype",
-                    options=["default", "bf16", "fp16", "fp32"],
+                    options=node_dtype_options(include_fp8=False),
                     default="default",
                     tooltip="Weight dtype. default: bf16 on GPUs that support it, else fp32. fp16 can overflow in Gemma.",
                 ),
