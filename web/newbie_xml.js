@@ -50,7 +50,11 @@ export function renderHighlight(text, errorLine = null) {
 export function describe(text) {
   try {
     const prompt = parsePrompt(text);
-    if (prompt.plain !== null) return { ok: true, level: "ok", text: "plain prompt (tags or text): passed through unchanged", prompt };
+    if (prompt.plain !== null) {
+      const parts = ["plain prompt (tags or text): passed through unchanged"];
+      for (const w of prompt.warnings) parts.push(`warning line ${w.line}, column ${w.column}: ${w.message}`);
+      return { ok: true, level: prompt.warnings.length ? "warn" : "ok", text: parts.join("\n"), prompt };
+    }
     const n = prompt.characters.length;
     const parts = [`valid NewBie XML: ${n} character${n === 1 ? "" : "s"}${Object.keys(prompt.general_tags).length ? ", general tags" : ""}`];
     for (const w of prompt.warnings) parts.push(`warning line ${w.line}, column ${w.column}: ${w.message}`);

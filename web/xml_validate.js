@@ -37,8 +37,19 @@ function positions(text) {
   };
 }
 
+/** A tag NewBie prompts use (a section, the root, a character block or a field), as schema.is_newbie_tag. */
+export function isNewBieTag(name) {
+  return CHARACTER_FIELDS.includes(name) || GENERAL_FIELDS.includes(name) || ["caption", "general_tags", "image", "style"].includes(name)
+    || CHARACTER_TAG.test(name);
+}
+
+/** True when the prompt is meant as XML: it uses a NewBie tag or closes some tag; otherwise <word> is prose. */
 export function looksLikeXML(text) {
-  return MARKUP.test(text);
+  for (const m of text.matchAll(new RegExp(MARKUP.source, "g"))) {
+    const body = m[0].slice(1).trimStart();
+    if (body.startsWith("/") || isNewBieTag(/^[A-Za-z_][A-Za-z0-9_.\-]*/.exec(body)[0])) return true;
+  }
+  return false;
 }
 
 /** Parse into a tree of {tag, start, children} / {text, start}. Throws XMLPromptError. */
@@ -159,7 +170,15 @@ export function parsePrompt(text) {
   const pos = positions(text);
   if (nul >= 0) { const [l, c] = pos(nul); throw new XMLPromptError("NUL character in prompt", l, c); }
   const out = { characters: [], general_tags: {}, caption: null, sections: {}, plain: null, warnings: [] };
-  if (!looksLikeXML(text)) { out.plain = text; return out; }
+  if (!looksLikeXML(text)) {
+    out.plain = text;
+    const stray = MARKUP.exec(text);
+    if (stray) {
+      const [l, c] = pos(stray.index);
+      out.warnings.push({ message: `${stray[0]} is not a NewBie tag and no tag is closed, so the prompt is read as plain text`, line: l, column: c, tag: null });
+    }
+    return out;
+  }
   const fail = (message, index, tag = null) => { const [l, c] = pos(index); throw new XMLPromptError(message, l, c, tag); };
   const warn = (message, index, tag = null) => { const [l, c] = pos(index); out.warnings.push({ message, line: l, column: c, tag }); };
   const seen = {};

@@ -48,6 +48,9 @@ const CASES = [
   "<a>".repeat(40),
   "<character_1><hair>x</hair></character_1>",
   "1girl, <3, >_<",
+  "say <hello> to her, <br> twice",
+  "line one <br>\n<b>bold</b>",
+  "< /x> closes",
 ];
 const corpus = JSON.parse(await readFile(path.join(root, "tests", "xml_prompt_corpus.json"), "utf8")).cases;
 const python = process.env.PYTHON || "python3";
