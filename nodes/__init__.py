@@ -6,9 +6,17 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, latent_vae, loaders, lora, prompt, sampling
+    from . import encoders, img2img, latent_vae, loaders, lora, prompt, sampling
 
-    return [*loaders.NODES, *lora.NODES, *encoders.NODES, *prompt.NODES, *sampling.NODES, *latent_vae.NODES]
+    return [
+        *loaders.NODES,
+        *lora.NODES,
+        *encoders.NODES,
+        *prompt.NODES,
+        *sampling.NODES,
+        *latent_vae.NODES,
+        *img2img.NODES,
+    ]
 
 
 class NewBieExtension(ComfyExtension):
