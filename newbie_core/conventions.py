@@ -1,15 +1,16 @@
-"""Time and output conventions, in one place.
+"""Time, sign and output conventions: the one place they are written down.
 
 NewBie (like Lumina-Image-2.0) is a rectified-flow model trained on the linear path
 
     x_t = t * x_data + (1 - t) * x_noise,   t in [0, 1],  t = 0 is pure noise,
 
-and :class:`newbie_core.dit.NextDiT` returns the velocity ``v = x_data - x_noise``.
-The timestep enters the sinusoidal embedder unscaled (no x1000).
+and :class:`newbie_core.dit.NextDiT` returns the velocity ``v = dx_t/dt = x_data - x_noise``; the timestep enters
+the sinusoidal embedder unscaled (no x1000). ``newbie_core.solvers`` integrates in ``t``.
 
-ComfyUI's flow models use ``sigma = 1 - t`` (sigma = 1 is noise) and a CONST prediction
-whose ``denoised = x - sigma * output``; the network output ComfyUI expects is therefore
-``-v``. These helpers are the only place that conversion is written down.
+Hosts such as ComfyUI use ``sigma = 1 - t`` (sigma = 1 is noise) and a CONST flow prediction whose
+``denoised = x - sigma * output``; so the network output ComfyUI expects is ``-v``, the data estimate is
+``x_t + (1 - t) v = x + sigma v``, and a host's data estimate gives back ``v = (denoised - x) / sigma``. Code that
+crosses between the two spaces calls these helpers instead of writing ``1 - sigma`` or a sign again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
+    """Official NewBie time (0 = noise) -> ComfyUI/Flux sigma (1 = noise)."""
     return 1.0 - t
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from . import solvers
+from .conventions import denoised_from_velocity, sigma_from_t, t_from_sigma, velocity_from_denoised
 from .errors import ConfigError
 from .noise import seeded_normal
 from .solvers import SOLVERS  # noqa: F401  (the registry; re-exported for callers)
@@ -88,26 +89,26 @@ def initial_noise(batch: int, height: int, width: int, seed: int, channels: int 
 
 # ------------------------------------------------------------------ the same maths in sigma space
 # Hosts such as ComfyUI drive samplers with sigma = 1 - t and a denoiser returning the data
-# estimate x0 = x + sigma * v. These helpers express the official sampler in those terms.
+# estimate x0 = x + sigma * v (newbie_core.conventions). These helpers express the official sampler in those terms.
 
 
 def official_sigmas(steps: int, shift: float = 6.0) -> torch.Tensor:
     """Decreasing sigmas 1 -> 0 equal to ``1 - time_grid`` (float32, ``steps + 1`` values)."""
-    return (1.0 - time_grid(steps, shift)).to(torch.float32)
+    return sigma_from_t(time_grid(steps, shift)).to(torch.float32)
 
 
 def cfg_active(sigma: float, cfg_trunc: float) -> bool:
     """Official truncation: guidance only while t = 1 - sigma is below ``cfg_trunc``."""
-    return (1.0 - float(sigma)) < cfg_trunc
+    return t_from_sigma(float(sigma)) < cfg_trunc
 
 
 def guided_denoised(x, cond_denoised, uncond_denoised, sigma, scale: float, renorm: float = 0.0):
     """CFG on x0 predictions done in velocity space (official renorm semantics), returned as x0."""
     sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
     sigma = sigma.clamp_min(1e-6)
-    v_c = (cond_denoised - x) / sigma
-    v_u = (uncond_denoised - x) / sigma
-    return x + sigma * guided_velocity(v_c, v_u, scale, renorm)
+    v_c = velocity_from_denoised(x, cond_denoised, sigma)
+    v_u = velocity_from_denoised(x, uncond_denoised, sigma)
+    return denoised_from_velocity(x, guided_velocity(v_c, v_u, scale, renorm), t_from_sigma(sigma))
 
 
 def _sigma_sampler(name: str):

@@ -17,10 +17,12 @@ import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import comfy.patcher_extension as _patcher_extension  # DIFFUSION_MODEL wrappers; in every core >= 0.3.64 (floor)
 import comfy.supported_models
 import comfy.utils
 import torch
 import torch.nn.functional as F
+from comfy.ldm.modules.attention import optimized_attention_masked as _comfy_attention  # user's attention backend
 
 from ..newbie_core.conventions import comfy_output_from_velocity, t_from_sigma
 from ..newbie_core.defaults import OFFICIAL
@@ -32,18 +34,8 @@ from ..newbie_core.dtypes import node_dtype_options, parse_dtype
 
 log = logging.getLogger("newbie")
 
-try:  # DIFFUSION_MODEL wrappers (EasyCache and friends)
-    import comfy.patcher_extension as _patcher_extension
-except ImportError:  # pragma: no cover
-    _patcher_extension = None
-
-try:  # ComfyUI's attention dispatcher (sage/flash/xformers/pytorch per the user's flags)
-    from comfy.ldm.modules.attention import optimized_attention_masked as _comfy_attention
-except ImportError:  # pragma: no cover - every supported core has it
-    _comfy_attention = None
-_ATTENTION_TAKES_OPTIONS = _comfy_attention is not None and (
-    "transformer_options" in inspect.signature(_comfy_attention).parameters
-    or any(p.kind is p.VAR_KEYWORD for p in inspect.signature(_comfy_attention).parameters.values())
+_ATTENTION_TAKES_OPTIONS = "transformer_options" in inspect.signature(_comfy_attention).parameters or any(
+    p.kind is p.VAR_KEYWORD for p in inspect.signature(_comfy_attention).parameters.values()
 )
 
 WEIGHT_DTYPES = node_dtype_options()
@@ -51,11 +43,9 @@ WEIGHT_DTYPES = node_dtype_options()
 
 def _dispatcher_takes_gqa() -> bool:
     """Only core's PyTorch-SDPA and basic attention read ``enable_gqa``; sage/flash/xformers need expanded heads."""
-    try:
-        import comfy.ldm.modules.attention as attention_module
-    except ImportError:  # pragma: no cover
-        return False
-    return _comfy_attention is not None and _comfy_attention in (
+    import comfy.ldm.modules.attention as attention_module
+
+    return _comfy_attention in (
         getattr(attention_module, "attention_pytorch", None),
         getattr(attention_module, "attention_basic", None),
     )
@@ -117,8 +107,6 @@ class ComfyNextDiT(NextDiT):
 
     def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={}, **kwargs):  # noqa: B006
         args = (x, timesteps, context, num_tokens, attention_mask, transformer_options)
-        if _patcher_extension is None:  # cores without the wrapper system
-            return self._comfy_forward(*args, **kwargs)
         wrappers = _patcher_extension.get_all_wrappers(
             _patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
         )
@@ -141,11 +129,10 @@ class ComfyNextDiT(NextDiT):
         pad_h, pad_w = (-h) % p, (-w) % p
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-        attention = None
-        if _comfy_attention is not None and getattr(self, "_compiled_block", None) is None:
-            attention = _comfy_attention_fn(transformer_options)
-        elif getattr(self, "_compiled_block", None) is not None:
+        if getattr(self, "_compiled_block", None) is not None:
             attention = sdpa_attention  # one stable function: a per-call closure would make dynamo recompile
+        else:
+            attention = _comfy_attention_fn(transformer_options)
         velocity = NextDiT.forward(
             self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention
         )

@@ -5,9 +5,38 @@ Every output is a plain STRING, so it feeds NewBie Text Encode and stock CLIPTex
 
 from __future__ import annotations
 
-from ..newbie_core.xml_prompt import CHARACTER_FIELDS, GENERAL_FIELDS, XMLPromptError, build, parse
+from ..newbie_core.xml_prompt import XMLPromptError, build, parse
 from ..newbie_core.xml_prompt.prompt import Character, StructuredPrompt
 from ._api import io, schema
+
+# The builder nodes' widgets, written out literally: saved graphs store widget values by position, so this order is
+# public (pinned by tests/node_interface.json). A field the XML schema gains later is appended here as an *optional*
+# input; it never shifts these.
+CHARACTER_WIDGETS = (
+    "n",
+    "gender",
+    "appearance",
+    "clothing",
+    "body_type",
+    "expression",
+    "action",
+    "interaction",
+    "position",
+)
+GENERAL_WIDGETS = (
+    "count",
+    "artists",
+    "style",
+    "background",
+    "environment",
+    "perspective",
+    "atmosphere",
+    "lighting",
+    "quality",
+    "resolution",
+    "objects",
+    "other",
+)
 
 FIELD_TIPS = {
     "n": "Character name in <n>, e.g. rem_\\(re:zero\\) or $character_1$. Kept even when empty (official convention).",
@@ -99,7 +128,7 @@ class NewBieCharacter(io.ComfyNode):
                 multiline=f not in ("n", "gender", "position"),
                 tooltip=FIELD_TIPS[f],
             )
-            for f in CHARACTER_FIELDS
+            for f in CHARACTER_WIDGETS
         ]
         return schema(
             node_id="NewBieCharacter",
@@ -129,7 +158,7 @@ class NewBieCharacter(io.ComfyNode):
     def execute(cls, previous: str | None = None, normalize_tags: bool = True, **fields) -> io.NodeOutput:
         prompt = _parse_blocks(previous, "previous characters")
         index = max((c.index for c in prompt.characters), default=0) + 1
-        values = {k: v for k, v in fields.items() if k in CHARACTER_FIELDS}
+        values = {k: v for k, v in fields.items() if k in CHARACTER_WIDGETS}
         new = build(StructuredPrompt(characters=[Character(index, values)]), normalize=normalize_tags)
         text = (build(prompt) + "\n\n" + new) if prompt.characters else new
         return io.NodeOutput(text)
@@ -145,7 +174,7 @@ class NewBieGeneralTags(io.ComfyNode):
             search_aliases=["newbie", "general tags", "xml builder"],
             description="The <general_tags> block: scene-wide tags. Empty fields are left out.",
             inputs=[
-                *[io.String.Input(f, default="", multiline=True, tooltip=FIELD_TIPS[f]) for f in GENERAL_FIELDS],
+                *[io.String.Input(f, default="", multiline=True, tooltip=FIELD_TIPS[f]) for f in GENERAL_WIDGETS],
                 io.Boolean.Input(
                     "normalize_tags",
                     default=True,
@@ -157,7 +186,7 @@ class NewBieGeneralTags(io.ComfyNode):
 
     @classmethod
     def execute(cls, normalize_tags: bool = True, **fields) -> io.NodeOutput:
-        values = {k: v for k, v in fields.items() if k in GENERAL_FIELDS}
+        values = {k: v for k, v in fields.items() if k in GENERAL_WIDGETS}
         return io.NodeOutput(build(general_tags=values, normalize=normalize_tags))
 
 

@@ -246,6 +246,19 @@ def test_models_dir_names_what_is_missing(tmp_path):
     )
 
 
+def test_pipeline_image_is_the_decoded_latent(pipe):
+    """The PNG shows the sampled latent, decoded by the (reference-checked) VAE, not a blank or stale one."""
+    import numpy as np
+
+    result = pipe.generate(GenerationSettings(prompt="1girl", width=32, height=48, steps=2, seed=3))
+    expected = pipe.vae.decode_dit(result.latents)[0].permute(1, 2, 0).numpy() * 255
+    got = np.asarray(result.images[0], dtype=np.float64)
+    assert got.shape == (48, 32, 3)
+    assert np.abs(got - expected).max() <= 1.0  # 8-bit rounding only
+    blank = pipe.vae.decode_dit(torch.zeros_like(result.latents))[0].permute(1, 2, 0).numpy() * 255
+    assert np.abs(got - blank).max() > 10
+
+
 def tiny_lora(path, scale=0.5):
     from safetensors.torch import save_file
 

@@ -28,41 +28,61 @@ def random_vae(seed=0):
     return vae.eval().requires_grad_(False)
 
 
+# Functional FLUX-VAE pieces written from the architecture notes (ldm key names), independent of newbie_core.vae.
+
+
+def _gn(sd, x, name):
+    b, c, h, w = x.shape
+    g = x.reshape(b, 32 if c % 32 == 0 else 1, -1)
+    g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    return g.reshape(b, c, h, w) * sd[name + ".weight"][:, None, None] + sd[name + ".bias"][:, None, None]
+
+
+def _conv(sd, x, name, pad=1, stride=1):
+    return F.conv2d(x, sd[name + ".weight"], sd[name + ".bias"], padding=pad, stride=stride)
+
+
+def _res(sd, x, name):
+    h = _conv(sd, F.silu(_gn(sd, x, name + ".norm1")), name + ".conv1")
+    h = _conv(sd, F.silu(_gn(sd, h, name + ".norm2")), name + ".conv2")
+    if name + ".nin_shortcut.weight" in sd:
+        x = _conv(sd, x, name + ".nin_shortcut", 0)
+    return x + h
+
+
+def _attn(sd, x, name):
+    b, c, h, w = x.shape
+    n = _gn(sd, x, name + ".norm")
+    q, k, v = (_conv(sd, n, f"{name}.{t}", 0).reshape(b, c, h * w) for t in "qkv")
+    weights = torch.softmax(q.transpose(1, 2) @ k / c**0.5, dim=-1)  # [b, hw, hw]
+    out = (v @ weights.transpose(1, 2)).reshape(b, c, h, w)
+    return x + _conv(sd, out, name + ".proj_out", 0)
+
+
+def _mid(sd, h, side):
+    return _res(sd, _attn(sd, _res(sd, h, f"{side}.mid.block_1"), f"{side}.mid.attn_1"), f"{side}.mid.block_2")
+
+
 def ref_decode(sd, z, cfg=CFG):
-    """Functional decoder written from the architecture notes (ldm key names)."""
-
-    def gn(x, name):
-        b, c, h, w = x.shape
-        g = x.reshape(b, 32 if c % 32 == 0 else 1, -1)
-        g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-6)
-        return g.reshape(b, c, h, w) * sd[name + ".weight"][:, None, None] + sd[name + ".bias"][:, None, None]
-
-    def conv(x, name, pad=1):
-        return F.conv2d(x, sd[name + ".weight"], sd[name + ".bias"], padding=pad)
-
-    def res(x, name):
-        h = conv(F.silu(gn(x, name + ".norm1")), name + ".conv1")
-        h = conv(F.silu(gn(h, name + ".norm2")), name + ".conv2")
-        if name + ".nin_shortcut.weight" in sd:
-            x = conv(x, name + ".nin_shortcut", 0)
-        return x + h
-
-    def attn(x, name):
-        b, c, h, w = x.shape
-        n = gn(x, name + ".norm")
-        q, k, v = (conv(n, f"{name}.{t}", 0).reshape(b, c, h * w) for t in "qkv")
-        weights = torch.softmax(q.transpose(1, 2) @ k / c**0.5, dim=-1)  # [b, hw, hw]
-        out = (v @ weights.transpose(1, 2)).reshape(b, c, h, w)
-        return x + conv(out, name + ".proj_out", 0)
-
-    h = conv(z, "decoder.conv_in")
-    h = res(attn(res(h, "decoder.mid.block_1"), "decoder.mid.attn_1"), "decoder.mid.block_2")
+    h = _mid(sd, _conv(sd, z, "decoder.conv_in"), "decoder")
     for i in reversed(range(len(cfg.ch_mult))):
         for j in range(cfg.num_res_blocks + 1):
-            h = res(h, f"decoder.up.{i}.block.{j}")
+            h = _res(sd, h, f"decoder.up.{i}.block.{j}")
         if i:
-            h = conv(F.interpolate(h, scale_factor=2, mode="nearest"), f"decoder.up.{i}.upsample.conv")
-    return conv(F.silu(gn(h, "decoder.norm_out")), "decoder.conv_out")
+            h = _conv(sd, F.interpolate(h, scale_factor=2, mode="nearest"), f"decoder.up.{i}.upsample.conv")
+    return _conv(sd, F.silu(_gn(sd, h, "decoder.norm_out")), "decoder.conv_out")
+
+
+def ref_moments(sd, image, cfg=CFG):
+    """Encoder output: [mean | logvar] along channels (the posterior's parameters)."""
+    h = _conv(sd, image, "encoder.conv_in")
+    for i in range(len(cfg.ch_mult)):
+        for j in range(cfg.num_res_blocks):
+            h = _res(sd, h, f"encoder.down.{i}.block.{j}")
+        if i != len(cfg.ch_mult) - 1:  # asymmetric pad (right/bottom only), then a stride-2 valid conv
+            h = _conv(sd, F.pad(h, (0, 1, 0, 1)), f"encoder.down.{i}.downsample.conv", pad=0, stride=2)
+    h = _mid(sd, h, "encoder")
+    return _conv(sd, F.silu(_gn(sd, h, "encoder.norm_out")), "encoder.conv_out")
 
 
 def test_decoder_matches_functional_reference():
@@ -98,12 +118,23 @@ def test_tiled_decode_has_no_seams():
     assert float(diff.max()) < 0.15
 
 
-def test_encoder_returns_posterior_mode_shape():
-    vae = random_vae(4)
-    img = torch.rand(1, 3, 32, 24) * 2 - 1
+def test_encoder_returns_the_posterior_mean_not_the_log_variance():
+    vae = random_vae(4).double()
+    img = torch.rand(2, 3, 16, 12, dtype=torch.float64) * 2 - 1
+    moments = ref_moments(vae.state_dict(), img)
+    mean, logvar = moments[:, :16], moments[:, 16:]
     z = vae.encode(img)
-    assert z.shape == (1, 16, 8, 6)
-    assert torch.allclose(vae.encode_dit(img), to_dit_latent(z))
+    assert z.shape == (2, 16, 4, 3)
+    assert torch.allclose(z, mean, atol=1e-9)
+    assert not torch.allclose(z, logvar, atol=1e-3)  # the two halves really differ for these weights
+    assert torch.allclose(vae.encode_dit(img), to_dit_latent(mean).float(), atol=1e-6)
+
+
+def test_encoder_handles_sizes_that_are_not_a_multiple_of_the_stride():
+    """The downsample pads right/bottom only; a symmetric pad would shift every latent by half a pixel."""
+    vae = random_vae(6).double()
+    img = torch.rand(1, 3, 14, 10, dtype=torch.float64) * 2 - 1
+    assert torch.allclose(vae.encode(img), ref_moments(vae.state_dict(), img)[:, :16], atol=1e-9)
 
 
 def to_diffusers(sd, n_levels):

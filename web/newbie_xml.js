@@ -50,7 +50,11 @@ export function renderHighlight(text, errorLine = null) {
 export function describe(text) {
   try {
     const prompt = parsePrompt(text);
-    if (prompt.plain !== null) return { ok: true, level: "ok", text: "plain prompt (tags or text): passed through unchanged", prompt };
+    if (prompt.plain !== null) {
+      const parts = ["plain prompt (tags or text): passed through unchanged"];
+      for (const w of prompt.warnings) parts.push(`warning line ${w.line}, column ${w.column}: ${w.message}`);
+      return { ok: true, level: prompt.warnings.length ? "warn" : "ok", text: parts.join("\n"), prompt };
+    }
     const n = prompt.characters.length;
     const parts = [`valid NewBie XML: ${n} character${n === 1 ? "" : "s"}${Object.keys(prompt.general_tags).length ? ", general tags" : ""}`];
     for (const w of prompt.warnings) parts.push(`warning line ${w.line}, column ${w.column}: ${w.message}`);
@@ -114,7 +118,7 @@ export function enhance(node, doc = globalThis.document) {
       const p = d.prompt;
       if (p.plain !== null) {
         if (p.plain.trim()) {
-          status.textContent = "this is a plain prompt: clear it or write XML before using the character tools";
+          this.notice = "this is a plain prompt: clear it or write XML before using the character tools";
           return null;
         }
         return { characters: [], general_tags: {}, caption: null, sections: {} };
@@ -143,15 +147,31 @@ export function enhance(node, doc = globalThis.document) {
       setText(widget, textarea, buildPrompt(p));
       return true;
     },
+    /** What the builder nodes cannot hold (they would silently drop it): sections, unknown fields, gaps in numbering. */
+    builderLosses(p) {
+      const lost = Object.keys(p.sections ?? {}).map((name) => `<${name}>`);
+      for (const c of p.characters) {
+        for (const f of Object.keys(c.fields)) if (!CHARACTER_FIELDS.includes(f)) lost.push(`<${f}> in <character_${c.index}>`);
+      }
+      for (const f of Object.keys(p.general_tags)) if (!GENERAL_FIELDS.includes(f)) lost.push(`<${f}> in <general_tags>`);
+      const indices = p.characters.map((c) => c.index).sort((a, b) => a - b);
+      if (indices.some((v, k) => v !== k + 1)) lost.push(`the numbering ${indices.map((i) => `character_${i}`).join(", ")}`);
+      return lost;
+    },
     importToBuilder() {
       const p = this.parsed();
       const LG = globalThis.LiteGraph;
       const graph = node.graph ?? app.graph;
       if (!p || !LG || !graph) return [];
+      const lost = this.builderLosses(p);
+      if (lost.length) {
+        this.notice = `To builder nodes: ${lost.join(", ")} cannot be carried by the builder nodes; nothing was created (keep this prompt in the XML node)`;
+        return [];
+      }
       const created = [];
-      const make = (type, dx, dy) => {
+      const GAP = 40, TITLE = 30;
+      const make = (type) => {
         const n = LG.createNode(type);
-        n.pos = [node.pos[0] + node.size[0] + 40 + dx, node.pos[1] + dy];
         graph.add(n);
         created.push(n);
         return n;
@@ -159,17 +179,24 @@ export function enhance(node, doc = globalThis.document) {
       const setWidgets = (n, values) => {
         for (const w of n.widgets ?? []) if (w.name in values) w.value = values[w.name];
       };
-      let previous = null;
-      [...p.characters].sort((a, b) => a.index - b.index).forEach((c, k) => {
-        const n = make("NewBieCharacter", 0, k * 340);
+      // one column of characters, then general tags, then the assembler: laid out by the sizes the nodes report
+      let x = node.pos[0] + node.size[0] + GAP, y = node.pos[1], width = 0, previous = null;
+      [...p.characters].sort((a, b) => a.index - b.index).forEach((c) => {
+        const n = make("NewBieCharacter");
         setWidgets(n, { ...Object.fromEntries(CHARACTER_FIELDS.map((f) => [f, ""])), ...c.fields, normalize_tags: false });
+        n.pos = [x, y];
+        y += n.size[1] + TITLE + GAP;
+        width = Math.max(width, n.size[0]);
         if (previous) previous.connect(0, n, 0);
         previous = n;
       });
-      const general = make("NewBieGeneralTags", 360, 0);
+      if (width) x += width + GAP;
+      const general = make("NewBieGeneralTags");
       setWidgets(general, { ...Object.fromEntries(GENERAL_FIELDS.map((f) => [f, ""])), ...p.general_tags, normalize_tags: false });
-      const assemble = make("NewBieXMLAssemble", 720, 0);
+      general.pos = [x, node.pos[1]];
+      const assemble = make("NewBieXMLAssemble");
       setWidgets(assemble, { caption: p.caption ?? "" });
+      assemble.pos = [x + general.size[0] + GAP, node.pos[1]];
       if (previous) previous.connect(0, assemble, 0);
       general.connect(0, assemble, 1);
       graph.setDirtyCanvas?.(true, true);
@@ -180,7 +207,15 @@ export function enhance(node, doc = globalThis.document) {
     const b = doc.createElement("button");
     b.textContent = label;
     b.title = title;
-    b.addEventListener("click", () => { fn.call(editor); editor.refresh(); });
+    b.addEventListener("click", () => {
+      editor.notice = null;
+      fn.call(editor);
+      editor.refresh();
+      if (editor.notice) { // why a button did nothing, shown instead of the validator's line
+        status.textContent = editor.notice;
+        status.className = "nb-xml-status nb-warn";
+      }
+    });
     toolbar.appendChild(b);
     return b;
   };

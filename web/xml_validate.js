@@ -37,8 +37,19 @@ function positions(text) {
   };
 }
 
+/** A tag NewBie prompts use (a section, the root, a character block or a field), as schema.is_newbie_tag. */
+export function isNewBieTag(name) {
+  return CHARACTER_FIELDS.includes(name) || GENERAL_FIELDS.includes(name) || ["caption", "general_tags", "image", "style"].includes(name)
+    || CHARACTER_TAG.test(name);
+}
+
+/** True when the prompt is meant as XML: it uses a NewBie tag or closes some tag; otherwise <word> is prose. */
 export function looksLikeXML(text) {
-  return MARKUP.test(text);
+  for (const m of text.matchAll(new RegExp(MARKUP.source, "g"))) {
+    const body = m[0].slice(1).trimStart();
+    if (body.startsWith("/") || isNewBieTag(/^[A-Za-z_][A-Za-z0-9_.\-]*/.exec(body)[0])) return true;
+  }
+  return false;
 }
 
 /** Parse into a tree of {tag, start, children} / {text, start}. Throws XMLPromptError. */
@@ -159,7 +170,15 @@ export function parsePrompt(text) {
   const pos = positions(text);
   if (nul >= 0) { const [l, c] = pos(nul); throw new XMLPromptError("NUL character in prompt", l, c); }
   const out = { characters: [], general_tags: {}, caption: null, sections: {}, plain: null, warnings: [] };
-  if (!looksLikeXML(text)) { out.plain = text; return out; }
+  if (!looksLikeXML(text)) {
+    out.plain = text;
+    const stray = MARKUP.exec(text);
+    if (stray) {
+      const [l, c] = pos(stray.index);
+      out.warnings.push({ message: `${stray[0]} is not a NewBie tag and no tag is closed, so the prompt is read as plain text`, line: l, column: c, tag: null });
+    }
+    return out;
+  }
   const fail = (message, index, tag = null) => { const [l, c] = pos(index); throw new XMLPromptError(message, l, c, tag); };
   const warn = (message, index, tag = null) => { const [l, c] = pos(index); out.warnings.push({ message, line: l, column: c, tag }); };
   const seen = {};
@@ -223,28 +242,38 @@ export function parsePrompt(text) {
 
 const escape = (v) => v.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
-/** Build XML in the model-card layout (no root, blank lines between blocks), as newbie_core.xml_prompt.build. */
-export function buildPrompt({ characters = [], general_tags = {}, caption = null } = {}) {
+/**
+ * Build XML in the model-card layout (no root, blank lines between blocks), exactly as newbie_core.xml_prompt.build:
+ * <style> first, then caption, characters in index order, general tags, and every other section last. Nothing a
+ * parsed prompt holds is dropped except empty values; tests/xml_prompt_corpus.json pins the output in both languages.
+ */
+export function buildPrompt({ characters = [], general_tags = {}, caption = null, sections = {}, plain = null } = {}) {
+  if (plain !== null && plain !== undefined) return plain;
   const blocks = [];
+  if ("style" in sections) blocks.push(`<style>${escape(String(sections.style).trim())}</style>`);
   if (caption && caption.trim()) blocks.push(`<caption>${escape(caption.trim())}</caption>`);
-  characters.forEach((c, k) => {
-    const index = c.index ?? k + 1;
+  const numbered = characters.map((c, k) => ({ index: c.index ?? k + 1, fields: c.fields ?? {} }));
+  numbered.sort((a, b) => a.index - b.index);
+  for (const c of numbered) {
     const f = { n: "", ...c.fields };
     const names = [...CHARACTER_FIELDS, ...Object.keys(f).filter((x) => !CHARACTER_FIELDS.includes(x))];
-    const lines = [`<character_${index}>`];
+    const lines = [`<character_${c.index}>`];
     for (const name of names) {
       if (!(name in f)) continue;
       const v = String(f[name]).trim();
       if (v || name === "n") lines.push(`<${name}>${escape(v)}</${name}>`);
     }
-    lines.push(`</character_${index}>`);
+    lines.push(`</character_${c.index}>`);
     blocks.push(lines.join("\n"));
-  });
+  }
   const g = Object.entries(general_tags).filter(([, v]) => String(v).trim());
   if (g.length) {
     const order = [...GENERAL_FIELDS, ...g.map(([k]) => k).filter((k) => !GENERAL_FIELDS.includes(k))];
     const map = Object.fromEntries(g);
     blocks.push(["<general_tags>", ...order.filter((k) => k in map).map((k) => `<${k}>${escape(String(map[k]).trim())}</${k}>`), "</general_tags>"].join("\n"));
+  }
+  for (const [name, value] of Object.entries(sections)) {
+    if (name !== "style" && String(value).trim()) blocks.push(`<${name}>${escape(String(value).trim())}</${name}>`);
   }
   return blocks.join("\n\n");
 }

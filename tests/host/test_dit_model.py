@@ -52,8 +52,16 @@ def test_odd_latent_is_padded_and_cropped(node_classes, tiny_ckpt):
     patcher = load(node_classes)
     cfg = tiny_ckpt.config
     x, _, cap, pooled = inputs(cfg, batch=1, h=7, w=9)
-    out = patcher.model.apply_model(x, torch.tensor([0.5]), c_crossattn=cap, clip_text_pooled=pooled)
+    sigma = torch.tensor([0.5])
+    out = patcher.model.apply_model(x, sigma, c_crossattn=cap, clip_text_pooled=pooled)
     assert out.shape == (1, 16, 7, 9)
+    # independent: wrap the latent around to 8x10 (patch 2), run the plain model, keep the top-left 7x9
+    p = cfg.patch_size
+    wrapped = torch.cat([x, x[..., : (-x.shape[-1]) % p]], dim=-1)
+    wrapped = torch.cat([wrapped, wrapped[..., : (-x.shape[-2]) % p, :]], dim=-2)
+    assert wrapped.shape[-2:] == (8, 10)
+    velocity = tiny_ckpt(wrapped, t_from_sigma(sigma), cap, None, pooled)[..., :7, :9]
+    assert torch.allclose(out, x + sigma * velocity, atol=1e-5)
 
 
 def test_stock_sampler_runs_with_core_style_conditioning(node_classes, tiny_ckpt, comfy):

@@ -298,3 +298,48 @@ def test_prompt_writer_feeds_the_encoder_in_a_served_graph(server):
     parsed = parse(xml)
     assert parsed.is_xml and parsed.warnings == [] and parsed.general_tags
     assert any(out.get("images") for out in result["outputs"].values())
+
+FRONTEND_CHECK = PACK_ROOT / "tests" / "web" / "frontend_check.mjs"
+
+
+def _frontend_tools_missing() -> str | None:
+    if not shutil.which("node"):
+        return "node is not installed"
+    if not Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists():
+        return "no Chromium (set CHROMIUM or install /usr/bin/chromium)"
+    if not (PACK_ROOT / "tests" / "web" / "node_modules" / "playwright-core").is_dir():
+        return "run `npm ci` in tests/web first"
+    return None
+
+
+def test_real_frontend_draws_the_pinned_widgets_the_translated_names_and_no_overlaps(server):
+    """ComfyUI's own frontend, headless: widget order equals the golden file's widgets_values, nodes show their zh and
+    ja display names, and no two nodes of any example workflow overlap as the frontend sizes them."""
+    missing = _frontend_tools_missing()
+    if missing:
+        pytest.skip(f"frontend check needs a browser: {missing}")
+    from node_interface import CONTROL, load_golden
+    from test_workflow_layout import overlapping_pairs
+
+    proc = subprocess.run(
+        ["node", str(FRONTEND_CHECK), server["url"], str(PACK_ROOT)],
+        cwd=FRONTEND_CHECK.parent,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout)
+    assert seen["errors"] == []
+    golden = load_golden()["nodes"]
+    locales = {
+        lang: json.loads((PACK_ROOT / "locales" / lang / "nodeDefs.json").read_text(encoding="utf-8"))
+        for lang in ("zh", "ja")
+    }
+    for node_id, node in golden.items():
+        expected = [CONTROL if w.endswith(":" + CONTROL) else w for w in node["widgets_values"]]
+        assert [w for w in seen["widgets"][node_id] if not w.startswith("$$")] == expected, node_id
+        for lang, defs in locales.items():
+            assert seen["titles"][lang][node_id] == defs[node_id]["display_name"], (lang, node_id)
+    for name, nodes in seen["workflows"].items():
+        assert not overlapping_pairs({"nodes": nodes}), (name, overlapping_pairs({"nodes": nodes}))

@@ -12,6 +12,7 @@ const root = path.resolve(here, "../..");
 const routes = {
   "/": path.join(here, "index.html"),
   "/scripts/app.js": path.join(here, "stub_app.js"),
+  "/node_interface.json": path.join(root, "tests", "node_interface.json"),
 };
 
 const server = http.createServer(async (req, res) => {
@@ -47,13 +48,17 @@ const CASES = [
   "<a>".repeat(40),
   "<character_1><hair>x</hair></character_1>",
   "1girl, <3, >_<",
+  "say <hello> to her, <br> twice",
+  "line one <br>\n<b>bold</b>",
+  "< /x> closes",
 ];
+const corpus = JSON.parse(await readFile(path.join(root, "tests", "xml_prompt_corpus.json"), "utf8")).cases;
 const python = process.env.PYTHON || "python3";
 const expected = JSON.parse(execFileSync(python, ["-c", `
 import json, sys
 sys.path.insert(0, ${JSON.stringify(root)})
-from newbie_core.xml_prompt import XMLPromptError, parse
-out = []
+from newbie_core.xml_prompt import CHARACTER_FIELDS, GENERAL_FIELDS, XMLPromptError, parse
+out = [{"character": list(CHARACTER_FIELDS), "general": list(GENERAL_FIELDS)}]
 for text in json.load(sys.stdin):
     try:
         p = parse(text)
@@ -62,6 +67,7 @@ for text in json.load(sys.stdin):
         out.append({"ok": False, "message": str(e)})
 print(json.dumps(out))
 `], { input: JSON.stringify(CASES) }).toString());
+const pythonFields = expected.shift();
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -144,6 +150,21 @@ await check("import XML into builder nodes", async () => {
     ["NewBieCharacter", 0, "NewBieCharacter", 0], ["NewBieCharacter", 0, "NewBieXMLAssemble", 0], ["NewBieGeneralTags", 0, "NewBieXMLAssemble", 1],
   ], "links");
 });
+await check("imported builder nodes do not overlap each other or the prompt node", async () => {
+  const rects = await page.evaluate(() => [window.node, ...window.app.graph.nodes].map((n) => [n.pos[0], n.pos[1] - 30, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]));
+  for (let i = 0; i < rects.length; i++) for (let j = i + 1; j < rects.length; j++) {
+    const [a, b] = [rects[i], rects[j]];
+    if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) throw new Error(`nodes ${i} and ${j} overlap: ${a} / ${b}`);
+  }
+});
+await check("To builder nodes refuses what the builders would drop, and says what", async () => {
+  await page.evaluate(() => { window.app.graph.nodes = []; window.__links = []; });
+  await type("<style>sketch</style>\n<character_1><n>a</n><hair>long</hair></character_1>\n<character_3><n>c</n></character_3>");
+  await page.click("text=To builder nodes");
+  eq(await page.evaluate(() => window.app.graph.nodes.length), 0, "nodes created");
+  eq(await page.evaluate(() => document.querySelector(".nb-xml-status").textContent),
+     "To builder nodes: <style>, <hair> in <character_1>, the numbering character_1, character_3 cannot be carried by the builder nodes; nothing was created (keep this prompt in the XML node)", "status");
+});
 await check("browser validator matches newbie_core on every case", async () => {
   const got = await page.evaluate((cases) => cases.map((text) => {
     try {
@@ -154,6 +175,33 @@ await check("browser validator matches newbie_core on every case", async () => {
     }
   }), CASES);
   for (let k = 0; k < CASES.length; k++) eq(got[k], expected[k], `case ${k} ${JSON.stringify(CASES[k]).slice(0, 40)}`);
+});
+await check("field lists are newbie_core's", async () => {
+  eq(await page.evaluate(() => [window.validate.CHARACTER_FIELDS, window.validate.GENERAL_FIELDS]), [pythonFields.character, pythonFields.general], "fields");
+});
+await check("shared corpus: parse -> build gives Python's text and keeps every value", async () => {
+  const got = await page.evaluate((cases) => cases.map(({ text }) => {
+    const v = window.validate;
+    try {
+      const p = v.parsePrompt(text);
+      const formatted = v.buildPrompt(p);
+      const again = v.parsePrompt(formatted);
+      return { formatted, warnings: p.warnings.map((w) => `line ${w.line}, column ${w.column}: ${w.message}`), stable: v.buildPrompt(again) === formatted };
+    } catch (e) {
+      return { error: e.message };
+    }
+  }), corpus);
+  for (let k = 0; k < corpus.length; k++) {
+    const c = corpus[k];
+    const want = "error" in c ? { error: c.error } : { formatted: c.formatted, warnings: c.warnings ?? [], stable: true };
+    eq(got[k], want, `corpus case "${c.name}"`);
+  }
+});
+await check("Format keeps <style>, unknown tags and sections", async () => {
+  await type("<notes>keep me</notes>\n<character_1><n>a</n><hair>long</hair></character_1>\n<style>sketch</style>");
+  await page.click("text=Format");
+  eq(await page.evaluate(() => window.node.widgets[0].value),
+     "<style>sketch</style>\n\n<character_1>\n<n>a</n>\n<hair>long</hair>\n</character_1>\n\n<notes>keep me</notes>", "value");
 });
 await check("no errors in the page", async () => eq(errors, [], "page errors"));
 

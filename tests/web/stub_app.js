@@ -23,11 +23,11 @@ class FakeNode {
 }
 
 window.__links = [];
-window.__schemas = {
-  NewBieCharacter: ["n", "gender", "appearance", "clothing", "body_type", "expression", "action", "interaction", "position", "normalize_tags"],
-  NewBieGeneralTags: ["count", "artists", "style", "background", "environment", "perspective", "atmosphere", "lighting", "quality", "resolution", "objects", "other", "normalize_tags"],
-  NewBieXMLAssemble: ["caption"],
-};
+// widget names per node type, from the pinned interface (tests/node_interface.json) rather than a copy
+const pinned = (await (await fetch("/node_interface.json")).json()).nodes;
+window.__schemas = Object.fromEntries(
+  Object.entries(pinned).map(([id, n]) => [id, n.widgets_values.filter((w) => !w.includes(":"))]),
+);
 window.LiteGraph = { createNode: (type) => new FakeNode(type) };
 window.FakeNode = FakeNode;
 
