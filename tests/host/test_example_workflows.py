@@ -299,6 +299,7 @@ def test_prompt_writer_feeds_the_encoder_in_a_served_graph(server):
     assert parsed.is_xml and parsed.warnings == [] and parsed.general_tags
     assert any(out.get("images") for out in result["outputs"].values())
 
+
 FRONTEND_CHECK = PACK_ROOT / "tests" / "web" / "frontend_check.mjs"
 
 
