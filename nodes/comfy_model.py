@@ -55,7 +55,9 @@ def _comfy_attention_fn(transformer_options):
         k = expand_kv_heads(k, heads)
         v = expand_kv_heads(v, heads)
         mask = None
-        if key_mask is not None:
+        if key_mask is not None and key_mask.ndim == 4:  # regional attention: already an additive bias
+            mask = key_mask.to(q.dtype)
+        elif key_mask is not None:
             mask = torch.zeros(key_mask.shape[0], 1, 1, key_mask.shape[1], dtype=q.dtype, device=q.device)
             mask.masked_fill_(~key_mask[:, None, None, :], torch.finfo(q.dtype).min)
         return _comfy_attention(q, k, v, heads, mask, skip_reshape=True, **extra)

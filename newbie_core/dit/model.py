@@ -118,11 +118,13 @@ class NextDiT(nn.Module):
         cap_mask: torch.Tensor | None = None,
         clip_text_pooled: torch.Tensor | None = None,
         attention: AttentionFn | None = None,
+        regions=None,
     ) -> torch.Tensor:
         """Predict the velocity for latents ``x`` at time ``t`` (0 = noise, 1 = data).
 
         ``cap_feats`` [B, L, cap_feat_dim] are right-padded Gemma states with ``cap_mask``
         [B, L] (1 = real token; None = no padding); ``clip_text_pooled`` [B, clip_text_dim].
+        ``regions``: an optional ``newbie_core.regions.RegionalAttention`` masking the main layers.
         """
         self._check_inputs(x, cap_feats, cap_mask, clip_text_pooled)
         attention = attention or self.attention
@@ -178,8 +180,12 @@ class NextDiT(nn.Module):
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
         freqs = rope_frequencies(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
-        for block in self.layers:
-            joint = block(joint, key_mask, freqs, c, attention)
+        region_bias = None
+        if regions is not None:
+            region_bias = regions.joint_bias(cap_lens, grid_h, grid_w, joint.shape[1], dtype, device)
+        for i, block in enumerate(self.layers):
+            mask = key_mask if region_bias is None or not regions.applies_to_layer(i) else region_bias
+            joint = block(joint, mask, freqs, c, attention)
 
         if img_index is None:
             img_tokens = joint[:, n_cap:]
