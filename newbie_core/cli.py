@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import NewBieError
+from .layout import RegionError
 from .xml_prompt import XMLPromptError, parse
 
 EXIT_BAD_INPUT = 2
@@ -64,6 +65,53 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_region_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="character_N=x0,y0,x1,y1",
+        help="place character N in this box (0-1000 units of width/height); repeatable; overrides XML <region>",
+    )
+    p.add_argument(
+        "--region-outside",
+        choices=["shared", "all"],
+        default="shared",
+        help="what image tokens outside every region see: only shared text (default) or every character",
+    )
+    p.add_argument(
+        "--region-until", type=float, default=1.0, help="apply regions while t < this (t=0 is noise); 1 = all steps"
+    )
+    p.add_argument("--region-soft-edge", type=float, default=0.0, help="feather width of region edges, 0-1000 units")
+    p.add_argument("--keep-region-tags", action="store_true", help="leave <region> tags in the text the encoders see")
+
+
+def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
+    """--region values, checked before any model loads; RegionError/ValueError says which one is wrong."""
+    from .layout import RegionError, parse_region_arg
+
+    present = {c.index for c in parse(prompt).characters}
+    out: dict[str, list[float]] = {}
+    for value in getattr(args, "region", None) or []:
+        try:
+            index, box = parse_region_arg(value)
+        except RegionError as exc:
+            raise RegionError(f"--region {value}: region {exc}") from None
+        if index not in present:
+            have = ", ".join(f"character_{i}" for i in sorted(present)) or "no character blocks"
+            raise RegionError(f"--region {value}: the prompt has no <character_{index}> (it has {have})")
+        if f"character_{index}" in out:
+            raise RegionError(f"--region {value}: character_{index} is given twice")
+        out[f"character_{index}"] = box.as_list()
+    for flag, value, low, high in (
+        ("--region-until", getattr(args, "region_until", 1.0), 0, 1),
+        ("--region-soft-edge", getattr(args, "region_soft_edge", 0.0), 0, 1000),
+    ):
+        if not low <= value <= high:
+            raise RegionError(f"{flag} {value} is outside {low}-{high}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
     _add_model_args(gen)
     _add_sampling_args(gen)
+    _add_region_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
@@ -110,7 +159,7 @@ def _load_pipeline(args, out):
     return NewBiePipeline.tiny(device=device), True
 
 
-def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
+def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: dict | None = None):
     from .pipeline import GenerationSettings
 
     size = 64 if tiny else 1024
@@ -127,6 +176,11 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None):
         width=args.width or size,
         height=args.height or size,
         system_prompt=args.system_prompt,
+        regions=regions or None,
+        region_outside=getattr(args, "region_outside", "shared"),
+        region_until=getattr(args, "region_until", 1.0),
+        region_soft_edge=getattr(args, "region_soft_edge", 0.0),
+        keep_region_tags=getattr(args, "keep_region_tags", False),
     )
 
 
@@ -190,6 +244,11 @@ def cmd_generate(args, out, err) -> int:
     except XMLPromptError as exc:
         print(f"error: prompt {exc}", file=err)
         return EXIT_BAD_INPUT
+    try:
+        regions = _region_overrides(args, prompt)
+    except RegionError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_BAD_INPUT
     output = (
         Path(args.output) if args.output else Path("outputs") / f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{args.seed}.png"
     )
@@ -198,7 +257,7 @@ def cmd_generate(args, out, err) -> int:
         return EXIT_BAD_INPUT
     try:
         pipe, tiny = _load_pipeline(args, out)
-        settings = _settings(args, prompt, tiny)
+        settings = _settings(args, prompt, tiny, regions=regions)
         settings.validate()
         result = pipe.generate(settings, progress=Progress(err))
         write_png(result, output)

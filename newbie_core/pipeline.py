@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import regions as regions_mod
 from . import sampling
 from .errors import CheckpointError, ConfigError
 from .weights import TensorReader, parse_dtype
@@ -36,6 +37,12 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    #: Character regions {"character_N": [x0, y0, x1, y1]} in 0-1000 units; override XML <region> tags.
+    regions: dict | None = None
+    region_outside: str = "shared"
+    region_until: float = 1.0
+    region_soft_edge: float = 0.0
+    keep_region_tags: bool = False
 
     def validate(self) -> None:
         if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
@@ -52,6 +59,31 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        self.region_boxes()
+        self.region_settings()
+
+    def region_boxes(self) -> dict:
+        """``regions`` parsed: {character index: Box}; ConfigError names a bad entry."""
+        from .layout import RegionError, parse_box, parse_character_name
+
+        out = {}
+        for name, box in (self.regions or {}).items():
+            try:
+                out[parse_character_name(name)] = parse_box(box)
+            except RegionError as exc:
+                raise ConfigError(f"region {name}: {exc}") from None
+        return out
+
+    def region_settings(self):
+        from .layout import RegionError
+        from .regions import RegionSettings
+
+        settings = RegionSettings(self.region_outside, float(self.region_soft_edge), float(self.region_until))
+        try:
+            settings.validate()
+        except RegionError as exc:
+            raise ConfigError(f"regions: {exc}") from None
+        return settings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,23 +173,35 @@ class NewBiePipeline:
         enc = self.text_encoders
         from .text.conditioning import gemma_text
 
+        layout, negative = self._layout(settings)
         gemma_rows, _ = enc.gemma_ids(
-            [gemma_text(settings.prompt, settings.system_prompt)] * b
-            + [gemma_text(settings.negative_prompt, settings.negative_system_prompt)] * b
+            [gemma_text(layout.text, settings.system_prompt)] * b
+            + [gemma_text(negative, settings.negative_system_prompt)] * b
         )
-        jina_rows = enc.jina_ids([settings.prompt] * b + [settings.negative_prompt] * b)
+        if layout.boxes and gemma_rows[0] != layout.gemma_ids:  # spans were computed on other tokens
+            raise RuntimeError("token spans do not match the encoded prompt")
+        if layout.boxes:
+            settings = dataclasses.replace(settings, regions=regions_mod.boxes_to_json(layout.boxes))
+        jina_rows = enc.jina_ids([layout.text] * b + [negative] * b)
         conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
         pooled = conds.pooled.to(self.device)
         dit = self.transformer
 
+        sample = layout.sample()
+        both = regions_mod.RegionalAttention([sample] * b + [None] * b, settings.region_settings()) if sample else None
+        cond_only = regions_mod.RegionalAttention([sample] * b, settings.region_settings()) if sample else None
+
         def model(x, t, with_uncond):
+            active = sample is not None and both.active_at(float(t[0]))
             if with_uncond:
-                out = dit(torch.cat([x, x]), torch.cat([t, t]), caps, masks, pooled).float()
+                regions = both if active else None  # the uncond half stays unmasked
+                out = dit(torch.cat([x, x]), torch.cat([t, t]), caps, masks, pooled, regions=regions).float()
                 return out[:b], out[b:]
             n = int(masks[:b].sum(1).max())
-            return dit(x, t, caps[:b, :n], masks[:b, :n], pooled[:b]).float(), None
+            regions = cond_only if active else None
+            return dit(x, t, caps[:b, :n], masks[:b, :n], pooled[:b], regions=regions).float(), None
 
         def velocity(x, t):
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
@@ -168,6 +212,27 @@ class NewBiePipeline:
         latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
         pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
         return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label)
+
+    def _layout(self, settings: GenerationSettings):
+        """The prompt's regions (XML merged with ``settings.regions``) and both texts for the encoders."""
+        from .layout import RegionError
+        from .text.conditioning import system_prompt_for
+        from .xml_prompt import XMLPromptError, extract_regions
+
+        enc = self.text_encoders
+        try:
+            layout = regions_mod.prompt_layout(
+                enc.gemma_tokenizer,
+                settings.prompt,
+                lambda text: system_prompt_for(text, settings.system_prompt),
+                settings.region_boxes(),
+                settings.keep_region_tags,
+                enc.gemma_max_tokens,
+            )
+            negative, _ = extract_regions(settings.negative_prompt)
+        except (RegionError, XMLPromptError) as exc:
+            raise ConfigError(f"prompt: {exc}") from None
+        return layout, negative
 
     @staticmethod
     def _decode_tile(latents: torch.Tensor) -> int | None:

@@ -296,3 +296,45 @@ class RegionalAttention:
         key_valid = pos < lens + n_img
         bias.masked_fill_(~key_valid[:, None, None, :], low)
         return bias
+
+
+# ----------------------------------------------------------------------------- from a prompt
+
+
+@dataclass
+class PromptLayout:
+    """A prompt ready for the encoders: text without region tags, Gemma ids, spans and the boxes in force."""
+
+    text: str
+    gemma_ids: list[int]
+    spans: PromptSpans
+    boxes: dict[int, Box]
+
+    def sample(self) -> SampleRegions | None:
+        return SampleRegions(dict(self.spans.characters), dict(self.boxes)) if self.boxes else None
+
+
+def prompt_layout(
+    tokenizer,
+    prompt: str,
+    system_prefix_for,
+    overrides: dict[int, Box] | None = None,
+    keep_tags: bool = False,
+    limit: int | None = None,
+) -> PromptLayout:
+    """XML ``<region>`` boxes merged with ``overrides`` (which win), checked against the encoded prompt.
+
+    ``system_prefix_for(text)`` gives the Gemma system prompt for the text the encoders will see.
+    Raises RegionError for a region whose character the prompt lacks (or the token limit cut off).
+    """
+    from .xml_prompt import extract_regions
+
+    text, boxes = extract_regions(prompt, keep_tags)
+    boxes = {**boxes, **(overrides or {})}
+    ids, spans = token_spans(tokenizer, text, system_prefix_for(text), limit)
+    check_regions(boxes, spans)
+    return PromptLayout(text, ids, spans, boxes)
+
+
+def boxes_to_json(boxes: dict[int, Box]) -> dict[str, list[float]]:
+    return {f"character_{i}": boxes[i].as_list() for i in sorted(boxes)}

@@ -27,12 +27,12 @@ def _region_elements(nodes, parent: str = ""):
 def extract_regions(text: str | bytes, keep_tags: bool = False) -> tuple[str, dict[int, Box]]:
     """(text for the encoders, {character index: Box}); raises XMLPromptError for invalid prompts or boxes."""
     decoded = decode(text)
-    if not looks_like_xml(decoded):
-        return decoded, {}
+    if f"<{REGION_TAG}" not in decoded or not looks_like_xml(decoded):
+        return (text if isinstance(text, str) else decoded), {}
     parse(decoded)  # full validation with positions (boxes included)
     found = list(_region_elements(parse_tree(decoded)))
     if not found:
-        return decoded, {}
+        return (text if isinstance(text, str) else decoded), {}
     regions = {index: parse_box(el.text()) for index, el in found}
     if keep_tags:
         return decoded, regions
