@@ -87,8 +87,12 @@ def _owner_by_text(text: str, offsets: list[Span], blocks: dict[str, Span]) -> l
         a, b = max(a, 0), min(b, len(text))
         return dense[b] - dense[a] if b > a else 0
 
-    owners = []
-    for s, e in offsets:
+    owners: list[str | None] = []
+    for span in offsets:
+        if span is None:  # BOS/EOS
+            owners.append(None)
+            continue
+        s, e = span
         e = max(e, s + 1) if s < len(text) else e  # byte-fallback pieces can have empty ranges
         best, best_n = None, 0
         for name, (bs, be) in blocks.items():
@@ -129,8 +133,8 @@ def token_spans(tokenizer, prompt: str, system_prefix: str = "", limit: int | No
             characters[int(m.group(1))] = (a, b)
         if ranges[name][1] > n:
             truncated.append(int(m.group(1)))
-    system_end = clipped.get("system", (0, 1 if ids and offsets[0] == (0, 0) else 0))[1]
-    system_end = max(system_end, 1 if n and offsets[0] == (0, 0) else 0)
+    bos = 1 if n and offsets[0] is None else 0
+    system_end = max(clipped.get("system", (0, 0))[1], bos)
 
     def maybe(name):
         span = clipped.get(name)

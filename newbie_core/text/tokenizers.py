@@ -30,13 +30,13 @@ class Tokenizer:
     def encode_plain_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         raise NotImplementedError(f"{type(self).__name__} cannot report token offsets")
 
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """``encode(text)`` plus each token's ``[start, end)`` character range in ``text`` (BOS/EOS: empty)."""
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+        """``encode(text)`` plus each token's ``[start, end)`` character range in ``text`` (None for BOS/EOS)."""
         ids, offsets = self.encode_plain_offsets(text)
         if self.add_bos and self.bos_id is not None:
-            ids, offsets = [self.bos_id] + ids, [(0, 0)] + offsets
+            ids, offsets = [self.bos_id] + ids, [None] + offsets
         if self.add_eos and self.eos_id is not None:
-            ids, offsets = ids + [self.eos_id], offsets + [(len(text), len(text))]
+            ids, offsets = ids + [self.eos_id], offsets + [None]
         return ids, offsets
 
     def encode(self, text: str) -> list[int]:
