@@ -93,7 +93,6 @@ def _owner_by_text(text: str, offsets: list[Span], blocks: dict[str, Span]) -> l
             owners.append(None)
             continue
         s, e = span
-        e = max(e, s + 1) if s < len(text) else e  # byte-fallback pieces can have empty ranges
         best, best_n = None, 0
         for name, (bs, be) in blocks.items():
             n = solid(max(s, bs), min(e, be))

@@ -29,7 +29,7 @@ PROMPT = """<character_1>
 </character_1>
 
 <character_2>
-  <n>ram</n>
+  <n>ram_ラム</n>
   <gender>1girl</gender>
 </character_2>
 
