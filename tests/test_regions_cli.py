@@ -170,7 +170,7 @@ def test_cli_bad_xml_region_is_positioned(tmp_path):
     code, _, stderr = run(["generate", "--prompt-file", str(prompt), "--output", str(tmp_path / "x.png")])
     assert code == 2
     assert stderr.strip() == (
-        'error: prompt line 4, column 11: <region> of <character_1> needs four numbers x0,y0,x1,y1 from 0 to 1000, '
+        "error: prompt line 4, column 11: <region> of <character_1> needs four numbers x0,y0,x1,y1 from 0 to 1000, "
         'got "0,0,500"'
     )
     assert not (tmp_path / "x.png").exists()
