@@ -14,8 +14,8 @@ from dataclasses import dataclass
 SCALE = 1000
 
 REGION_TAG = "region"
-_NUMBER = re.compile(r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*\Z")
-_CHARACTER = re.compile(r"character_([1-9]\d*)\Z")
+_NUMBER = re.compile(r"\s*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*\Z")
+_CHARACTER = re.compile(r"character_([1-9][0-9]*)\Z")
 
 
 class RegionError(ValueError):
