@@ -6,9 +6,17 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, latent_vae, loaders, lora, prompt, sampling
+    from . import encoders, latent_vae, loaders, lora, prompt, regions, sampling
 
-    return [*loaders.NODES, *lora.NODES, *encoders.NODES, *prompt.NODES, *sampling.NODES, *latent_vae.NODES]
+    return [
+        *loaders.NODES,
+        *lora.NODES,
+        *encoders.NODES,
+        *prompt.NODES,
+        *sampling.NODES,
+        *latent_vae.NODES,
+        *regions.NODES,
+    ]
 
 
 class NewBieExtension(ComfyExtension):

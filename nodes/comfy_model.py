@@ -26,6 +26,7 @@ from ..newbie_core.dit import NextDiT, NextDiTConfig
 from ..newbie_core.dit.attention import expand_kv_heads
 from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
 from ..newbie_core.weights import parse_dtype
+from . import regions as region_glue
 
 log = logging.getLogger("newbie")
 
@@ -93,6 +94,7 @@ class ComfyNextDiT(NextDiT):
         attention_mask=None,
         transformer_options={},  # noqa: B006  (ComfyUI passes this dict positionally; never mutated here)
         clip_text_pooled=None,
+        newbie_regions=None,
         **kwargs,
     ):
         h, w = x.shape[-2:]
@@ -101,9 +103,13 @@ class ComfyNextDiT(NextDiT):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
         attention = _comfy_attention_fn(transformer_options) if _comfy_attention is not None else None
+        regions = None
+        if newbie_regions is not None:  # character regions (nodes/regions.py); uncond chunks stay unmasked
+            regions = newbie_regions.for_call(timesteps, transformer_options.get("cond_or_uncond"))
         velocity = NextDiT.forward(
-            self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention
-        )
+            self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention,
+            regions=regions,
+        )  # fmt: skip
         return comfy_output_from_velocity(velocity)[..., :h, :w]
 
 
@@ -146,6 +152,7 @@ class NewBieModel(comfy.model_base.Lumina2):
             mask = mask.reshape(-1, cross_attn.shape[1]).to(torch.long)
             out["c_crossattn"] = CaptionCond(cross_attn)
             out["attention_mask"] = CaptionCond(mask)
+            out[region_glue.MODEL_KEY] = region_glue.region_cond(kwargs)
         pooled = kwargs.get("pooled_output", None)
         if pooled is not None and getattr(self.diffusion_model.config, "clip_text_dim", None):
             out["clip_text_pooled"] = comfy.conds.CONDRegular(pooled)

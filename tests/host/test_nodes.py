@@ -22,6 +22,7 @@ EXPECTED_IDS = {
     "NewBieEmptyLatent",
     "NewBieVAEDecode",
     "NewBieLoRA",
+    "NewBieRegions",
 }
 
 
