@@ -135,3 +135,8 @@ def test_regions_apply_in_our_sampler_and_stock_ones_uncond_unmasked(node_classe
         assert (with_regions - base).abs().max() > 1e-4
         assert torch.equal(run(full), base)  # full-frame regions are exactly no regions
         assert not torch.equal(run(masked), base)
+    # regions attached to the negative too: its (uncond) half of the batch still runs unmasked
+    calls.clear()
+    sampler = node_classes["NewBieSampler"]
+    sampler.execute(model, regional, regional, latent, 7, 1, 4.0, 1.0, 0.0, "newbie_euler", "newbie_official")
+    assert calls and all(sum(s is None for s in r.samples) == 1 for _, r in calls)
