@@ -113,3 +113,42 @@ def test_browser_validator_gives_the_same_region_messages():
         except XMLPromptError as exc:
             expected.append(str(exc))
     assert json.loads(proc.stdout) == expected
+
+
+WIDGET_CASES = [
+    "character_1=0,0,500,1000\ncharacter_2=500,0,1000,1000",
+    "character_1=0,0,5,5; character_2=5,5,9.5,9",
+    "",
+    "character_1=0,0,500",
+    "girl =1,2,3,4",
+    "character_0=1,2,3,4",
+    "character_1",
+    "character_1=0,0,5,5\ncharacter_1=1,1,2,2",
+    "character_2=5,0,1,9",
+]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_region_canvas_helpers_match_the_server():
+    """web/region_boxes.js (the canvas on NewBie Character Regions) parses widget text exactly as the node does."""
+    script = (
+        f"import {{ parseRegionLines, formatRegionLines, boxFromDrag }} from "
+        f"{json.dumps((ROOT / 'web' / 'region_boxes.js').as_uri())};\n"
+        f"const out = {json.dumps(WIDGET_CASES)}.map((t) => {{ try {{ return parseRegionLines(t); }} "
+        "catch (e) { return e.message; } });\n"
+        "out.push(formatRegionLines({2: [500, 0, 1000, 1000], 1: boxFromDrag(100, 200, 0, 0, 200, 400)}));\n"
+        "out.push(boxFromDrag(5, 5, 5, 50, 100, 100));\n"
+        "console.log(JSON.stringify(out));"
+    )
+    proc = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    for text, js in zip(WIDGET_CASES, got):
+        try:
+            py = {str(i): b.as_list() for i, b in parse_region_lines(text).items()}
+        except RegionError as exc:
+            py = str(exc)
+        assert js == py, text
+    assert got[-2] == "character_1=0,0,500,500\ncharacter_2=500,0,1000,1000"
+    assert parse_region_lines(got[-2])[1] == Box(0, 0, 500, 500)
+    assert got[-1] is None  # a zero-width drag draws nothing
