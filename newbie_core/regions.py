@@ -314,8 +314,8 @@ class PromptLayout:
     """A prompt ready for the encoders: text without region tags, Gemma ids, spans and the boxes in force."""
 
     text: str
-    gemma_ids: list[int]
-    spans: PromptSpans
+    gemma_ids: list[int] | None  # None when there are no boxes
+    spans: PromptSpans | None
     boxes: dict[int, Box]
 
     def sample(self) -> SampleRegions | None:
@@ -339,7 +339,12 @@ def prompt_layout(
 
     text, boxes = extract_regions(prompt, keep_tags)
     boxes = {**boxes, **(overrides or {})}
-    ids, spans = token_spans(tokenizer, text, system_prefix_for(text), limit)
+    if not boxes:  # nothing to place: no offsets needed (any tokenizer works)
+        return PromptLayout(text, None, None, {})
+    try:
+        ids, spans = token_spans(tokenizer, text, system_prefix_for(text), limit)
+    except NotImplementedError as exc:
+        raise RegionError(f"regions need token offsets: {exc}") from None
     check_regions(boxes, spans)
     return PromptLayout(text, ids, spans, boxes)
 

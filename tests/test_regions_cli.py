@@ -174,3 +174,15 @@ def test_cli_bad_xml_region_is_positioned(tmp_path):
         'got "0,0,500"'
     )
     assert not (tmp_path / "x.png").exists()
+
+
+def test_tokenizers_without_offsets_still_run_region_free_prompts(pipe, monkeypatch):
+    tok = pipe.text_encoders.gemma_tokenizer
+
+    def no_offsets(text):
+        raise NotImplementedError("this tokenizer cannot report token offsets")
+
+    monkeypatch.setattr(tok, "encode_plain_offsets", no_offsets)
+    assert pipe.generate(small(prompt=TWO, steps=1)).images
+    with pytest.raises(ConfigError, match="prompt: regions need token offsets: this tokenizer cannot report"):
+        pipe.generate(small(prompt=WITH_REGION, steps=1))
