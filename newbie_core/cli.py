@@ -83,12 +83,13 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
         "--region-until", type=float, default=1.0, help="apply regions while t < this (t=0 is noise); 1 = all steps"
     )
     p.add_argument("--region-soft-edge", type=float, default=0.0, help="feather width of region edges, 0-1000 units")
+    p.add_argument("--region-layers", default="all", help="main layers to mask, e.g. 0-17 (default: all)")
     p.add_argument("--keep-region-tags", action="store_true", help="leave <region> tags in the text the encoders see")
 
 
 def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
     """--region values, checked before any model loads; RegionError/ValueError says which one is wrong."""
-    from .layout import RegionError, parse_region_arg
+    from .layout import RegionError, parse_layers, parse_region_arg
 
     present = {c.index for c in parse(prompt).characters}
     out: dict[str, list[float]] = {}
@@ -103,6 +104,10 @@ def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
         if f"character_{index}" in out:
             raise RegionError(f"--region {value}: character_{index} is given twice")
         out[f"character_{index}"] = box.as_list()
+    try:
+        parse_layers(getattr(args, "region_layers", "all"))
+    except RegionError as exc:
+        raise RegionError(f"--region-layers: {exc}") from None
     for flag, value, low, high in (
         ("--region-until", getattr(args, "region_until", 1.0), 0, 1),
         ("--region-soft-edge", getattr(args, "region_soft_edge", 0.0), 0, 1000),
@@ -180,6 +185,7 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: 
         region_outside=getattr(args, "region_outside", "shared"),
         region_until=getattr(args, "region_until", 1.0),
         region_soft_edge=getattr(args, "region_soft_edge", 0.0),
+        region_layers=getattr(args, "region_layers", "all"),
         keep_region_tags=getattr(args, "keep_region_tags", False),
     )
 

@@ -99,6 +99,20 @@ def parse_region_lines(text: str) -> dict[int, Box]:
     return out
 
 
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """Main-layer selection such as ``"0-11,20"`` (0-based, inclusive ranges); empty or ``"all"`` = None (every layer)."""
+    text = (text or "").strip()
+    if text.lower() in ("", "all"):
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise RegionError(f'layers "{text}" must be layer numbers or ranges such as 0-11,20 (or all)')
+        out.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return tuple(sorted(out))
+
+
 def strip_spans(text: str, spans: list[tuple[int, int]]) -> str:
     """Remove ``[start, end)`` ranges from ``text``; a range alone on its line takes its line with it."""
     out, last = [], 0

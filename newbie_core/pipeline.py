@@ -42,6 +42,7 @@ class GenerationSettings:
     region_outside: str = "shared"
     region_until: float = 1.0
     region_soft_edge: float = 0.0
+    region_layers: str = "all"  # main layers to mask, e.g. "0-17"
     keep_region_tags: bool = False
 
     def validate(self) -> None:
@@ -75,11 +76,14 @@ class GenerationSettings:
         return out
 
     def region_settings(self):
-        from .layout import RegionError
+        from .layout import RegionError, parse_layers
         from .regions import RegionSettings
 
-        settings = RegionSettings(self.region_outside, float(self.region_soft_edge), float(self.region_until))
         try:
+            layers = parse_layers(self.region_layers)
+            settings = RegionSettings(
+                self.region_outside, float(self.region_soft_edge), float(self.region_until), layers
+            )
             settings.validate()
         except RegionError as exc:
             raise ConfigError(f"regions: {exc}") from None

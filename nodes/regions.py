@@ -12,7 +12,7 @@ from __future__ import annotations
 import comfy.conds
 import torch
 
-from ..newbie_core.layout import RegionError, parse_region_lines
+from ..newbie_core.layout import RegionError, parse_layers, parse_region_lines
 from ..newbie_core.regions import (
     OUTSIDE_POLICIES,
     RegionalAttention,
@@ -184,21 +184,35 @@ class NewBieRegions(io.ComfyNode):
                     tooltip="Feather width of box edges in 0-1000 units (0 = hard edges).",
                 ),
                 *masks,
+                io.String.Input(
+                    "layers",
+                    default="all",
+                    optional=True,
+                    tooltip="Main layers to mask, e.g. 0-17 (0-based; the released model has 36); all = every layer.",
+                ),
             ],
             outputs=[io.Conditioning.Output(tooltip="The conditioning with regions attached.")],
         )
 
     @classmethod
-    def validate_inputs(cls, regions: str = "", **kwargs) -> bool | str:
-        return (_check_lines(regions) if isinstance(regions, str) else None) or True
+    def validate_inputs(cls, regions: str = "", layers: str = "all", **kwargs) -> bool | str:
+        problem = _check_lines(regions) if isinstance(regions, str) else None
+        if problem is None and isinstance(layers, str):
+            try:
+                parse_layers(layers)
+            except RegionError as exc:
+                problem = f"NewBie Character Regions: {exc}"
+        return problem or True
 
     @classmethod
-    def execute(cls, conditioning, regions: str, outside: str, until: float, soft_edge: float, **masks):
+    def execute(
+        cls, conditioning, regions: str, outside: str, until: float, soft_edge: float, layers: str = "all", **masks
+    ):
         problem = _check_lines(regions)
         if problem:
             raise ValueError(problem)
-        settings = RegionSettings(outside, float(soft_edge), float(until))
         try:
+            settings = RegionSettings(outside, float(soft_edge), float(until), parse_layers(layers))
             settings.validate()
         except RegionError as exc:
             raise ValueError(f"NewBie Character Regions: {exc}") from None

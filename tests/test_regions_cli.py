@@ -131,7 +131,7 @@ def test_cli_region_is_deterministic_recorded_and_full_frame_is_a_no_op(tmp_path
     assert np.array_equal(pixels(paths["full"]), pixels(paths["none"]))
     meta = json.loads(Image.open(paths["r1"]).info["newbie"])
     assert meta["regions"] == {"character_1": [0, 0, 400, 1000], "character_2": [600, 0, 1000, 1000]}
-    assert meta["region_outside"] == "shared"
+    assert meta["region_outside"] == "shared" and meta["region_layers"] == "all"
     assert json.loads(Image.open(paths["none"]).info["newbie"])["regions"] is None
 
 
@@ -151,6 +151,8 @@ def test_cli_region_is_deterministic_recorded_and_full_frame_is_a_no_op(tmp_path
         (["--region", "character_1=0,0,5,5", "--region", "character_1=0,0,9,9"],
          "error: --region character_1=0,0,9,9: character_1 is given twice"),
         (["--region-soft-edge", "2000"], "error: --region-soft-edge 2000.0 is outside 0-1000"),
+        (["--region-layers", "5-2"], 'error: --region-layers: layers "5-2" must be layer numbers or ranges such as '
+         "0-11,20 (or all)"),
     ],
 )  # fmt: skip
 def test_cli_bad_regions_fail_before_any_model_loads_and_write_nothing(tmp_path, args, message):
@@ -186,3 +188,11 @@ def test_tokenizers_without_offsets_still_run_region_free_prompts(pipe, monkeypa
     assert pipe.generate(small(prompt=TWO, steps=1)).images
     with pytest.raises(ConfigError, match="prompt: regions need token offsets: this tokenizer cannot report"):
         pipe.generate(small(prompt=WITH_REGION, steps=1))
+
+
+def test_region_layers_reach_the_model(pipe):
+    assert small(prompt=TWO, region_layers="1, 0").region_settings().layers == (0, 1)
+    one = pipe.generate(small(prompt=WITH_REGION, region_layers="0"))
+    every = pipe.generate(small(prompt=WITH_REGION, region_layers="all"))
+    plain = pipe.generate(small(prompt=TWO))
+    assert not torch.equal(one.latents, every.latents) and not torch.equal(one.latents, plain.latents)

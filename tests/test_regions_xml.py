@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from newbie_core.layout import Box, RegionError, parse_box, parse_region_lines
+from newbie_core.layout import Box, RegionError, parse_box, parse_layers, parse_region_lines
 from newbie_core.xml_prompt import XMLPromptError, extract_regions, parse, pretty
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,14 @@ def test_box_parser_and_widget_lines():
     }
     with pytest.raises(RegionError, match=r"^character_0=1,2,3,4: \"character_0\" is not a character name"):
         parse_region_lines("character_0=1,2,3,4")
+
+
+def test_layer_selection():
+    assert parse_layers("all") is None and parse_layers("") is None
+    assert parse_layers("0-3, 7,2") == (0, 1, 2, 3, 7)
+    for bad in ("3-1", "x", "1,,2", "-1"):
+        with pytest.raises(RegionError, match=f'layers "{bad}" must be layer numbers or ranges'):
+            parse_layers(bad)
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")

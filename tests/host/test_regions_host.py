@@ -76,6 +76,9 @@ def test_regions_node_rejects_bad_input_with_a_clear_line(node_classes, tiny):
         "NewBie Character Regions: character_3 has a region but the prompt has no <character_3> "
         "(it has character_1, character_2)"
     )
+    assert node.validate_inputs(regions=SIDE_BY_SIDE, layers="9-1") == (
+        'NewBie Character Regions: layers "9-1" must be layer numbers or ranges such as 0-11,20 (or all)'
+    )
     stock = clip.encode_from_tokens_scheduled(clip.tokenize(TWO))
     with pytest.raises(ValueError, match="the conditioning has no character token spans; encode the prompt with"):
         node.execute(stock, SIDE_BY_SIDE, "shared", 1.0, 0.0)
