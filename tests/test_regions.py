@@ -299,3 +299,25 @@ def test_settings_are_validated():
         RegionalAttention([], RegionSettings(outside="none"))
     with pytest.raises(RegionError, match="until 1.5 is outside 0-1"):
         RegionalAttention([], RegionSettings(until=1.5))
+
+
+def test_spans_inside_an_image_root_with_caption():
+    prompt = "<image>\n<caption>Two friends.</caption>\n<character_1><n>a</n></character_1>\n</image>"
+    _, spans = token_spans(byte_tok(), prompt, "sys ")
+    text = "sys " + prompt
+    start = text.index("<caption>") + 1
+    assert spans.caption == (start, start + len("<caption>Two friends.</caption>"))
+    c = text.index("<character_1>") + 1
+    assert spans.characters == {1: (c, c + len("<character_1><n>a</n></character_1>"))}
+    assert spans.system == (0, 4)  # BOS + "sys" (the trailing space belongs to no block)
+
+
+def test_encoded_prompts_carry_spans():
+    from newbie_core import tiny
+
+    enc = tiny.tiny_text_encoders()
+    out = enc.encode([PROMPT, "1girl"], system_prompt="auto")
+    assert len(out.spans) == 2
+    ids, spans = token_spans(enc.gemma_tokenizer, PROMPT, SYSTEM_PROMPTS["xml"], 512)
+    assert out.spans[0] == spans and out.mask[0].sum() == spans.length == len(ids)
+    assert out.spans[1].characters == {} and out.spans[1].length == int(out.mask[1].sum())
