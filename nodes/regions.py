@@ -82,7 +82,7 @@ class RegionBatch:
 
     def for_call(self, sigma: torch.Tensor, cond_or_uncond=None) -> RegionalAttention | None:
         samples = list(self.samples)
-        if cond_or_uncond:
+        if cond_or_uncond and len(samples) % len(cond_or_uncond) == 0:
             per = len(samples) // len(cond_or_uncond)
             for chunk, kind in enumerate(cond_or_uncond):
                 if kind == 1:  # CFG's uncond: never masked
