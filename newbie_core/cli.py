@@ -117,6 +117,30 @@ def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
     return out
 
 
+def _add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="apply a LoRA (any NewBie format) at STRENGTH (default 1.0 = as trained, alpha/r); repeatable",
+    )
+
+
+def _check_loras(args, err) -> list | None:
+    """Every --lora parsed and its file validated before any model loads; None after printing the error."""
+    from .lora import parse_lora_arg
+
+    loras = []
+    for text in args.lora:
+        try:
+            loras.append(parse_lora_arg(text))
+        except NewBieError as exc:
+            print(f"error: --lora {text}: {exc}", file=err)
+            return None
+    return loras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_sampling_args(gen)
     _add_region_args(gen)
+    _add_lora_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_sampling_args(create)
+    _add_lora_args(create)
     return parser
 
 
@@ -148,7 +174,7 @@ DEMO_PROMPT = """<character_1>
 </general_tags>"""
 
 
-def _load_pipeline(args, out):
+def _load_pipeline(args, out, loras=()):
     import torch
 
     from .pipeline import NewBiePipeline
@@ -159,9 +185,13 @@ def _load_pipeline(args, out):
         pipe = NewBiePipeline.from_models_dir(
             args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
         )
-        return pipe, False
-    print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
-    return NewBiePipeline.tiny(device=device), True
+        tiny = False
+    else:
+        print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
+        pipe, tiny = NewBiePipeline.tiny(device=device), True
+    for path, strength in loras:
+        print(pipe.apply_lora(path, strength).report.summary(), file=out)
+    return pipe, tiny
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: dict | None = None):
@@ -261,8 +291,11 @@ def cmd_generate(args, out, err) -> int:
     if output.exists():
         print(f"error: {output} already exists; choose another --output", file=err)
         return EXIT_BAD_INPUT
+    loras = _check_loras(args, err)
+    if loras is None:
+        return EXIT_BAD_INPUT
     try:
-        pipe, tiny = _load_pipeline(args, out)
+        pipe, tiny = _load_pipeline(args, out, loras)
         settings = _settings(args, prompt, tiny, regions=regions)
         settings.validate()
         result = pipe.generate(settings, progress=Progress(err))
@@ -289,6 +322,9 @@ def _unique(folder: Path, stem: str) -> Path:
 def cmd_create(args, inp, out, err) -> int:
     session = Path(args.output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
     pipe = tiny = None
+    loras = _check_loras(args, err)
+    if loras is None:
+        return EXIT_BAD_INPUT
 
     def ask(question: str) -> str | None:
         print(question, end="", file=out, flush=True)
@@ -329,7 +365,7 @@ def cmd_create(args, inp, out, err) -> int:
             continue
         try:
             if pipe is None:
-                pipe, tiny = _load_pipeline(args, out)
+                pipe, tiny = _load_pipeline(args, out, loras)
             result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
             path = write_png(result, _unique(session, stem))
         except NewBieError as exc:

@@ -14,7 +14,8 @@ import torch
 from . import regions as regions_mod
 from . import sampling
 from .errors import CheckpointError, ConfigError
-from .weights import TensorReader, parse_dtype
+from .file_kinds import LORA, UNKNOWN, classify, classify_path, refusal
+from .weights import PICKLE_SUFFIXES, TensorReader, parse_dtype, sharded_files
 
 log = logging.getLogger("newbie")
 
@@ -37,6 +38,8 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
+    prompt_escapes: str = "unescape"
     #: Character regions {"character_N": [x0, y0, x1, y1]} in 0-1000 units; override XML <region> tags.
     regions: dict | None = None
     region_outside: str = "shared"
@@ -60,6 +63,8 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if self.prompt_escapes not in ("unescape", "literal"):
+            raise ConfigError(f"prompt_escapes must be unescape or literal, got {self.prompt_escapes!r}")
         self.region_boxes()
         self.region_settings()
 
@@ -100,8 +105,13 @@ class GenerationResult:
     settings: GenerationSettings
     model_label: str
 
+    loras: list[str] = dataclasses.field(default_factory=list)
+
     def metadata(self) -> dict:
-        return {"model": self.model_label, **self.settings.to_dict()}
+        meta = {"model": self.model_label, **self.settings.to_dict()}
+        if self.loras:
+            meta["loras"] = ", ".join(self.loras)
+        return meta
 
 
 class NewBiePipeline:
@@ -121,6 +131,8 @@ class NewBiePipeline:
         self.label = label
         #: Keep Gemma and Jina (about 9 GB in bf16) in CPU memory except while encoding.
         self.offload_text_encoders = offload_text_encoders
+        #: LoRAs merged into the transformer, as ``name:strength`` (recorded in the PNG metadata).
+        self.loras: list[str] = []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -145,6 +157,14 @@ class NewBiePipeline:
         encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=te_device)
         vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
         return cls(transformer, encoders, vae, device=device, offload_text_encoders=offload_text_encoders)
+
+    def apply_lora(self, path, strength: float = 1.0, block_strengths=None):
+        """Merge a LoRA (any format newbie_core.lora reads) into the transformer; returns its plan and report."""
+        from .lora import apply_lora
+
+        plan = apply_lora(self.transformer, path, strength, block_strengths)
+        self.loras.append(f"{Path(path).name}:{strength:g}")
+        return plan
 
     def to(self, device) -> NewBiePipeline:
         self.device = torch.device(device)
@@ -215,12 +235,12 @@ class NewBiePipeline:
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
         latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
         pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
-        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label)
+        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras))
 
     def _layout(self, settings: GenerationSettings):
         """The prompt's regions (XML merged with ``settings.regions``) and both texts for the encoders."""
         from .layout import RegionError
-        from .text.conditioning import system_prompt_for
+        from .text.conditioning import apply_escapes, system_prompt_for
         from .xml_prompt import XMLPromptError, extract_regions
 
         enc = self.text_encoders
@@ -232,11 +252,12 @@ class NewBiePipeline:
                 settings.region_boxes(),
                 settings.keep_region_tags,
                 enc.gemma_max_tokens,
+                prepare=lambda text: apply_escapes(text, settings.prompt_escapes),
             )
             negative, _ = extract_regions(settings.negative_prompt)
         except (RegionError, XMLPromptError) as exc:
             raise ConfigError(f"prompt: {exc}") from None
-        return layout, negative
+        return layout, apply_escapes(negative, settings.prompt_escapes)
 
     @staticmethod
     def _decode_tile(latents: torch.Tensor) -> int | None:
@@ -254,48 +275,85 @@ def to_pil(pixels: torch.Tensor) -> list:
 # ------------------------------------------------------------------------------ model discovery
 
 
-def _classify(keys: set[str]) -> str | None:
-    if any(k.endswith("cap_embedder.1.weight") for k in keys):
-        return "transformer"
-    if any(k.endswith("embed_tokens.weight") for k in keys) and any("self_attn.q_norm" in k for k in keys):
-        return "gemma"
-    if any("mixer.Wqkv" in k for k in keys):
-        return "jina"
-    if any(k.endswith("decoder.conv_in.weight") for k in keys):
-        return "vae"
-    return None
+ROLES = {
+    "transformer": "NewBie diffusion model",
+    "gemma": "Gemma3-4B-it text encoder",
+    "jina": "Jina CLIP v2 text encoder",
+    "vae": "FLUX VAE (ae.safetensors)",
+}
+_SEARCH_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
+_NOT_SAFETENSORS = (".gguf", *PICKLE_SUFFIXES)
+
+
+def _candidates(root: Path):
+    """(path to report, path to load, shapes-or-None, error) for every weight file or sharded set under root."""
+    indexed: set[Path] = set()
+    for index in sorted(root.rglob("*.safetensors.index.json")):
+        if len(index.relative_to(root).parts) > 4:
+            continue
+        try:
+            shards = sharded_files(index)
+            shapes = {}
+            for shard in shards:
+                shapes.update({k: v.shape for k, v in TensorReader.open([shard]).tensors.items()})
+        except CheckpointError as exc:
+            yield index, index.parent, None, str(exc)
+            continue
+        indexed.update(shards)
+        yield index.parent, index.parent, shapes, None
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in _SEARCH_SUFFIXES and p.is_file()):
+        if len(path.relative_to(root).parts) > 4 or path in indexed:
+            continue
+        if path.suffix.lower() in _NOT_SAFETENSORS:
+            yield path, path, {}, None
+            continue
+        try:
+            shapes = {k: v.shape for k, v in TensorReader.open([path]).tensors.items()}
+        except CheckpointError as exc:
+            yield path, path, None, str(exc)
+            continue
+        yield path, path, shapes, None
 
 
 def find_model_files(models_dir) -> dict[str, Path]:
-    """Find the four weight sets under ``models_dir`` by reading safetensors headers (no tensor data)."""
+    """Find the four weight sets under ``models_dir`` by reading safetensors headers (no tensor data).
+
+    Every file is classified by the file-kind table; when something is missing, the error lists what was
+    seen: files found for other roles, and files skipped (pickles, Lumina-2 or other models, unreadable).
+    """
     root = Path(models_dir)
     if not root.is_dir():
         raise CheckpointError(f"{root}: models folder not found")
     found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.safetensors")):
-        if len(path.relative_to(root).parts) > 4:
+    seen: list[str] = []
+    for shown, target, shapes, error in _candidates(root):
+        name = shown.relative_to(root).as_posix() if shown != root else shown.name
+        if error is not None:
+            seen.append(f"{name} (skipped: unreadable)")
+            log.warning("skipping %s", error)
             continue
-        try:
-            kind = _classify(set(TensorReader.open([path]).tensors))
-        except CheckpointError as exc:
-            log.warning("skipping %s", exc)
-            continue
-        if kind is None:
-            continue
-        # sharded HF folders (with an index json): point at the folder; single files: at the file
-        target = path.parent if any(path.parent.glob("*.safetensors.index.json")) else path
-        if kind == "transformer" and found.get(kind) and "newbie" in found[kind].name.lower():
-            continue
-        found.setdefault(kind, target)
-    missing = [k for k in ("transformer", "gemma", "jina", "vae") if k not in found]
+        kind = classify_path(shown)[0] if shown.suffix.lower() in _NOT_SAFETENSORS else classify(shapes)
+        if kind.role in ROLES:
+            if kind.role in found:
+                seen.append(f"{name} ({kind.label}, not used: {found[kind.role].name} was found first)")
+                log.info("%s: another %s beside %s; using the first", name, kind.label, found[kind.role])
+                continue
+            found[kind.role] = target
+            seen.append(f"{name} ({kind.label})")
+        elif kind is LORA:
+            seen.append(f"{name} (LoRA)")
+        elif kind is UNKNOWN:
+            seen.append(f"{name} (skipped: {kind.label})")
+        else:
+            seen.append(f"{name} (skipped: {refusal(kind, shapes)})")
+    missing = [k for k in ROLES if k not in found]
     if missing:
-        names = {
-            "transformer": "NewBie diffusion model",
-            "gemma": "Gemma3-4B-it text encoder",
-            "jina": "Jina CLIP v2 text encoder",
-            "vae": "FLUX VAE (ae.safetensors)",
-        }
-        raise CheckpointError(f"{root}: could not find " + ", ".join(names[m] for m in missing))
+        listing = "; ".join(seen[:20]) + (f"; ... (+{len(seen) - 20} more)" if len(seen) > 20 else "")
+        raise CheckpointError(
+            f"{root}: could not find "
+            + ", ".join(ROLES[m] for m in missing)
+            + f". Seen: {listing or 'no weight files'}"
+        )
     return found
 
 

@@ -329,15 +329,19 @@ def prompt_layout(
     overrides: dict[int, Box] | None = None,
     keep_tags: bool = False,
     limit: int | None = None,
+    prepare=None,
 ) -> PromptLayout:
     """XML ``<region>`` boxes merged with ``overrides`` (which win), checked against the encoded prompt.
 
-    ``system_prefix_for(text)`` gives the Gemma system prompt for the text the encoders will see.
-    Raises RegionError for a region whose character the prompt lacks (or the token limit cut off).
+    ``prepare(text)`` rewrites the stripped text as the encoders get it (e.g. escape handling);
+    ``system_prefix_for(text)`` gives the Gemma system prompt for it. Raises RegionError for a
+    region whose character the prompt lacks (or the token limit cut off).
     """
     from .xml_prompt import extract_regions
 
     text, boxes = extract_regions(prompt, keep_tags)
+    if prepare is not None:
+        text = prepare(text)
     boxes = {**boxes, **(overrides or {})}
     if not boxes:  # nothing to place: no offsets needed (any tokenizer works)
         return PromptLayout(text, None, None, {})

@@ -287,8 +287,11 @@ def load_vae(path, dtype=None, device="cpu") -> AutoEncoder:
         (p for p in ("first_stage_model.", "vae.", "") if any(k.startswith(p + "decoder.conv_in") for k in keys)), None
     )
     if prefix is None:
+        from .file_kinds import FLUX_VAE, wrong_file_hint
+
+        hint = wrong_file_hint(FLUX_VAE, {k: v.shape for k, v in reader.tensors.items()})
         raise CheckpointError(
-            f"{file}: not a VAE file (no 'decoder.conv_in.weight'; first keys: {', '.join(sorted(keys)[:3])})"
+            f"{file}: not a VAE file (no 'decoder.conv_in.weight'; first keys: {', '.join(sorted(keys)[:3])}){hint}"
         )
     shapes = {k[len(prefix) :]: v.shape for k, v in reader.tensors.items() if k.startswith(prefix)}
     diffusers = any(".up_blocks." in k or ".down_blocks." in k for k in shapes)

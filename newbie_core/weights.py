@@ -7,7 +7,10 @@ loaded, so they are refused with a message instead of being unpickled.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,8 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger("newbie")
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -102,6 +107,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
             f"{path}: pickled checkpoints ({path.suffix}) are not loaded because unpickling can run code; "
             "use the .safetensors release of this model"
         )
+    if path.suffix.lower() == ".gguf":
+        raise CheckpointError(f"{path}: GGUF files are not loaded by this pack; use the .safetensors release")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
@@ -206,7 +213,13 @@ def weight_files(path: Path) -> tuple[list[Path], Path]:
 
     Returns the files and the folder that may hold tokenizer/config files beside them.
     """
+    if path.is_file() and path.name.endswith(".safetensors.index.json"):
+        return sharded_files(path), path.parent
     if path.is_file():
+        index = shard_index_for(path) if shard_position(path) else None
+        if index is not None:
+            log.info("%s is one shard of %s: loading the whole set", path.name, index.name)
+            return sharded_files(index), path.parent
         return [path], path.parent
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such file or folder")
@@ -217,3 +230,104 @@ def weight_files(path: Path) -> tuple[list[Path], Path]:
     if not files:
         raise CheckpointError(f"{path}: folder holds no .safetensors weights")
     return files, path
+
+
+# ------------------------------------------------------------------------------ quantised files
+
+#: Per-tensor-scaled float8 formats we can dequantise exactly (weight * scale); anything else is refused.
+_DEQUANTISABLE = {"float8_e4m3fn", "float8_e5m2"}
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+_QUANT_AUX_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant", ".weight_scale_2")
+
+
+class QuantisedWeights:
+    """Reads a ``TensorReader`` as plain weights, undoing ComfyUI's scaled-fp8 storage.
+
+    ComfyUI stores quantised text encoders and models either the old way (a ``scaled_fp8`` marker and a
+    per-tensor ``<layer>.scale_weight``) or the new way (``<layer>.comfy_quant`` JSON with a ``format``,
+    ``<layer>.weight_scale``, optionally ``_quantization_metadata`` in the header). Casting such fp8 tensors
+    without their scale gives wrong numbers silently, so every scaled weight is multiplied back here, and
+    block-scaled formats (nvfp4, mxfp8, ...) are refused by name.
+    """
+
+    def __init__(self, reader: TensorReader, where):
+        self.reader, self.where = reader, where
+        self.scales: dict[str, str] = {}
+        self.aux: set[str] = set()
+        keys = reader.tensors
+        formats = self._declared_formats()
+        for key in keys:
+            if key.endswith("scaled_fp8"):
+                self.aux.add(key)
+            elif key.endswith(_QUANT_AUX_SUFFIXES):
+                self.aux.add(key)
+                if key.endswith(".comfy_quant"):
+                    formats.setdefault(key[: -len(".comfy_quant")], self._comfy_quant_format(key))
+            for suffix in _SCALE_SUFFIXES:
+                if key.endswith(suffix):
+                    self.aux.add(key)
+                    self.scales[key[: -len(suffix)] + ".weight"] = key
+        for layer, fmt in formats.items():
+            if fmt not in _DEQUANTISABLE:
+                raise CheckpointError(
+                    f"{where}: layer {layer!r} is stored in the quantised format {fmt!r}, which this loader cannot "
+                    "dequantise exactly; use the bf16/fp16 (or plain/scaled fp8) release of this file"
+                )
+        for weight, scale in self.scales.items():
+            if weight in keys and math.prod(keys[scale].shape) != 1:
+                raise CheckpointError(
+                    f"{where}: {scale!r} holds {math.prod(keys[scale].shape)} scales (block-wise quantisation); "
+                    "only per-tensor scaled fp8 is dequantised; use the bf16/fp16 release of this file"
+                )
+
+    def _declared_formats(self) -> dict[str, str]:
+        raw = self.reader.metadata.get("_quantization_metadata")
+        if not raw:
+            return {}
+        try:
+            layers = json.loads(raw).get("layers", {})
+            return {str(name): str(conf.get("format")) for name, conf in layers.items()}
+        except (ValueError, AttributeError):
+            raise CheckpointError(f"{self.where}: unreadable _quantization_metadata in the file header") from None
+
+    def _comfy_quant_format(self, key: str) -> str:
+        try:
+            return str(json.loads(bytes(self.reader.get(key).tolist()).decode("utf-8")).get("format"))
+        except (ValueError, AttributeError, TypeError):
+            raise CheckpointError(f"{self.where}: unreadable quantisation entry {key!r}") from None
+
+    @property
+    def quantised(self) -> bool:
+        return bool(self.scales)
+
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor as the model means it: scaled fp8 weights come back in float32, times their scale."""
+        tensor = self.reader.get(key)
+        scale_key = self.scales.get(key)
+        if scale_key is None:
+            return tensor
+        return tensor.float() * self.reader.get(scale_key).float().reshape(())
+
+
+# ------------------------------------------------------------------------------ sharded sets
+
+
+def shard_index_for(path: Path) -> Path | None:
+    """The ``*.safetensors.index.json`` beside ``path`` that lists it as one of its shards, if any."""
+    for index in sorted(path.parent.glob("*.safetensors.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if path.name in set(weight_map.values()):
+            return index
+    return None
+
+
+_SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.safetensors$")
+
+
+def shard_position(path: Path) -> tuple[int, int] | None:
+    """(k, n) for a file named ``...-0000k-of-0000n.safetensors`` (one shard of n), else None."""
+    m = _SHARD_NAME.search(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else None

@@ -15,7 +15,7 @@ import comfy.sd
 import comfy.supported_models_base
 import torch
 
-from ..newbie_core.text import GEMMA_MAX_TOKENS
+from ..newbie_core.text import GEMMA_MAX_TOKENS, apply_escapes
 from ..newbie_core.text.gemma import load_gemma
 from ..newbie_core.text.jina import load_jina
 
@@ -27,13 +27,14 @@ def _pairs(ids: list[int], word_ids: bool):
 
 
 class NewBieClipTokenizer:
-    """Raw text -> ids for both encoders: no prompt-weight syntax, no escape rewriting (as in training)."""
+    """Raw text -> ids for both encoders: no prompt-weight syntax; ``\\(`` ``\\)`` un-escaped as core does."""
 
     def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006 - ComfyUI's signature
         self.gemma = tokenizer_data["newbie_gemma"]
         self.jina = tokenizer_data["newbie_jina"]
 
     def tokenize_with_weights(self, text: str, return_word_ids=False, **kwargs):
+        text = apply_escapes(text)
         return {
             "gemma": _pairs(self.gemma.encode(text), return_word_ids),
             "jina": _pairs(self.jina.encode(text), return_word_ids),

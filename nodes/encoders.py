@@ -9,7 +9,7 @@ import folder_paths
 from ..newbie_core.errors import NewBieError
 from ..newbie_core.layout import RegionError
 from ..newbie_core.regions import check_regions
-from ..newbie_core.text.conditioning import PRESETS, system_prompt_for
+from ..newbie_core.text.conditioning import ESCAPE_MODES, PRESETS, apply_escapes, system_prompt_for
 from ..newbie_core.xml_prompt import XMLPromptError, extract_regions
 from . import regions
 from ._api import io, schema
@@ -88,7 +88,8 @@ class NewBieTextEncode(io.ComfyNode):
                     "text",
                     multiline=True,
                     dynamic_prompts=True,
-                    tooltip="The prompt: NewBie XML, Danbooru tags or natural language. Used verbatim (no weight syntax).",
+                    tooltip="The prompt: NewBie XML, Danbooru tags or natural language. No (tag:1.2) weight syntax: "
+                    "parentheses are plain text. A1111-style \\( \\) escapes become ( ) (see escapes).",
                 ),
                 io.Combo.Input(
                     "system_prompt",
@@ -103,6 +104,15 @@ class NewBieTextEncode(io.ComfyNode):
                     default="",
                     optional=True,
                     tooltip="Used when system_prompt is custom; prepended to the prompt for Gemma only.",
+                ),
+                io.Combo.Input(
+                    "escapes",
+                    options=ESCAPE_MODES,
+                    default="unescape",
+                    optional=True,
+                    tooltip="unescape: \\(medium\\) reaches both encoders as (medium), as ComfyUI core does and as "
+                    "training captions look (they never contain those backslashes). literal: the text exactly as "
+                    "typed, backslashes included.",
                 ),
                 io.Boolean.Input(
                     "keep_region_tags",
@@ -119,7 +129,13 @@ class NewBieTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, clip, text: str, system_prompt: str, custom_system_prompt: str = "", keep_region_tags: bool = False
+        cls,
+        clip,
+        text: str,
+        system_prompt: str,
+        custom_system_prompt: str = "",
+        escapes: str = "unescape",
+        keep_region_tags: bool = False,
     ) -> io.NodeOutput:
         if clip is None or not is_newbie_clip(clip):
             raise ValueError(
@@ -129,6 +145,7 @@ class NewBieTextEncode(io.ComfyNode):
             text, boxes = extract_regions(text, keep_region_tags)
         except XMLPromptError as exc:
             raise ValueError(f"NewBie Text Encode: prompt {exc}") from None
+        text = apply_escapes(text, escapes)
         prefix = system_prompt_for(text, system_prompt, custom_system_prompt)
         tokens, dropped = newbie_tokens(clip, prefix + text, text)
         if dropped:

@@ -242,5 +242,48 @@ def test_models_dir_names_what_is_missing(tmp_path):
     assert code == 2
     assert err.strip() == (
         f"error: {tmp_path}: could not find NewBie diffusion model, Gemma3-4B-it text encoder, "
-        "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors)"
+        "Jina CLIP v2 text encoder, FLUX VAE (ae.safetensors). Seen: no weight files"
     )
+
+
+def tiny_lora(path, scale=0.5):
+    from safetensors.torch import save_file
+
+    from newbie_core import tiny
+
+    w = dict(tiny.tiny_transformer().named_parameters())["layers.0.attention.qkv.weight"]
+    gen = torch.Generator().manual_seed(3)
+    save_file(
+        {
+            "base_model.model.layers.0.attention.qkv.lora_A.weight": torch.randn(2, w.shape[1], generator=gen) * scale,
+            "base_model.model.layers.0.attention.qkv.lora_B.weight": torch.randn(w.shape[0], 2, generator=gen) * scale,
+        },
+        str(path),
+    )
+    return path
+
+
+def test_cli_lora_flag_applies_and_records_each_lora(tmp_path):
+    lora = tiny_lora(tmp_path / "style.safetensors")
+    base = ["generate", "--prompt", "1girl", "--steps", "2", "--seed", "1"]
+    code, _, err = run([*base, "--output", str(tmp_path / "plain.png")])
+    assert code == 0, err
+    code, out, err = run([*base, "--lora", f"{lora}:0", "--output", str(tmp_path / "zero.png")])
+    assert code == 0, err
+    assert "style.safetensors: PEFT lora_A/lora_B, base_model.model names; 1 modules applied" in out
+    code, _, err = run([*base, "--lora", str(lora), "--lora", f"{lora}:-0.5", "--output", str(tmp_path / "two.png")])
+    assert code == 0, err
+    plain, zero, two = (Image.open(tmp_path / f"{n}.png") for n in ("plain", "zero", "two"))
+    assert zero.tobytes() == plain.tobytes()
+    assert two.tobytes() != plain.tobytes()
+    assert json.loads(two.info["newbie"])["loras"] == "style.safetensors:1, style.safetensors:-0.5"
+    assert "loras" not in json.loads(plain.info["newbie"])
+
+
+def test_cli_lora_file_is_checked_before_any_model_loads(tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    code, out, err = run(["generate", "--prompt", "x", "--lora", f"{missing}:0.8", "--output", str(tmp_path / "x.png")])
+    assert code == 2
+    assert err.strip() == f"error: --lora {missing}:0.8: {missing}: file not found"
+    assert out == ""  # nothing was loaded
+    assert not (tmp_path / "x.png").exists()

@@ -318,6 +318,10 @@ def test_encoded_prompts_carry_spans():
     enc = tiny.tiny_text_encoders()
     out = enc.encode([PROMPT, "1girl"], system_prompt="auto")
     assert len(out.spans) == 2
-    ids, spans = token_spans(enc.gemma_tokenizer, PROMPT, SYSTEM_PROMPTS["xml"], 512)
+    from newbie_core.text.conditioning import apply_escapes
+
+    # the encoders see \( as ( (default escapes): the spans are those of that text
+    ids, spans = token_spans(enc.gemma_tokenizer, apply_escapes(PROMPT), SYSTEM_PROMPTS["xml"], 512)
     assert out.spans[0] == spans and out.mask[0].sum() == spans.length == len(ids)
+    assert spans != token_spans(enc.gemma_tokenizer, PROMPT, SYSTEM_PROMPTS["xml"], 512)[1]
     assert out.spans[1].characters == {} and out.spans[1].length == int(out.mask[1].sum())

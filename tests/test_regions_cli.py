@@ -15,7 +15,7 @@ from newbie_core.errors import ConfigError
 from newbie_core.pipeline import GenerationSettings, NewBiePipeline
 
 TWO = """<character_1>
-<n>a</n>
+<n>rem_\\(re:zero\\)</n>
 <gender>1girl</gender>
 </character_1>
 
@@ -55,6 +55,11 @@ def test_xml_region_is_layout_data_not_text(pipe):
     from_settings = pipe.generate(small(prompt=TWO, regions={"character_1": [0, 0, 500, 1000]}))
     assert torch.equal(from_xml.latents, from_settings.latents)  # the tag was stripped from the encoder text
     assert from_xml.metadata()["regions"] == {"character_1": [0, 0, 500, 1000]}
+    # escapes are applied after the region tags go: \( reaches the encoders as ( and the spans follow
+    unescaped = pipe.generate(small(prompt=WITH_REGION.replace("\\(", "(").replace("\\)", ")")))
+    assert torch.equal(unescaped.latents, from_xml.latents)
+    literal = pipe.generate(small(prompt=WITH_REGION, prompt_escapes="literal"))
+    assert not torch.equal(literal.latents, from_xml.latents)
     plain = pipe.generate(small(prompt=TWO))
     assert (from_xml.latents - plain.latents).abs().max() > 1e-4
     kept = pipe.generate(small(prompt=WITH_REGION, keep_region_tags=True))

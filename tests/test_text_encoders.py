@@ -150,38 +150,40 @@ def test_jina_pooled_equals_naive_reference(files, encoders, blobs):
         assert torch.allclose(out.pooled[i].double(), ref, atol=1e-5)
 
 
-def test_jina_lora_adapter_of_retrieval_query_is_merged(files, blobs, tmp_path):
-    folder = tmp_path / "jina-clip-v2"
-    folder.mkdir()
-    base = files["jina_ref"].state_dict()
-    gen = torch.Generator().manual_seed(5)
-    tasks, rank = 5, 2
-    sd, merged = {}, {}
+def official_jina_file(base: dict, folder, tasks: int = 1, rank: int = 2, seed: int = 5, prefix=None):
+    """The official jinaai/jina-clip-v2 layout: text tower under ``text_model.transformer.roberta.``, every
+    weight-bearing module as a torch parametrization with a [T, ...] LoRA, vision tower and logit_scale beside it.
+
+    Returns the naive reference state dict with the first task's adapter merged at ``scale`` = alpha / rank.
+    """
+    prefix = "text_model.transformer.roberta." if prefix is None else prefix
+    gen = torch.Generator().manual_seed(seed)
+    parametrized = ("mixer.Wqkv.weight", "mixer.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+    sd, deltas = {}, {}
     for name, w in base.items():
-        key = "text_model.transformer." + name
-        if name.endswith("mixer.Wqkv.weight") or name == "embeddings.word_embeddings.weight":
+        key = prefix + name
+        if name.endswith(parametrized) or name.startswith("embeddings."):
             stem = key.replace(".weight", ".parametrizations.weight")
             sd[stem + ".original"] = w
-            if "embeddings" in name:
-                a, b = (
-                    torch.randn(tasks, w.shape[0], rank, generator=gen),
-                    torch.randn(tasks, rank, w.shape[1], generator=gen),
-                )
-                delta = a[0] @ b[0]
-            else:
-                a, b = (
-                    torch.randn(tasks, rank, w.shape[1], generator=gen),
-                    torch.randn(tasks, w.shape[0], rank, generator=gen),
-                )
-                delta = b[0] @ a[0]
-            sd[stem + ".0.lora_A"], sd[stem + ".0.lora_B"] = a * 0.1, b * 0.1
-            merged[name] = w + delta * 0.01 * (4.0 / rank)
+            if name.startswith("embeddings."):  # A [T, fan_in(vocab), r], B [T, r, dim]; delta = A[t] @ B[t]
+                a = torch.randn(tasks, w.shape[0], rank, generator=gen) * 0.3
+                b = torch.randn(tasks, rank, w.shape[1], generator=gen) * 0.3
+                deltas[name] = a[0] @ b[0]
+            else:  # A [T, r, fan_in], B [T, fan_out, r]; delta = B[t] @ A[t]
+                a = torch.randn(tasks, rank, w.shape[1], generator=gen) * 0.3
+                b = torch.randn(tasks, w.shape[0], rank, generator=gen) * 0.3
+                deltas[name] = b[0] @ a[0]
+            sd[stem + ".0.lora_A"], sd[stem + ".0.lora_B"] = a, b
         else:
             sd[key] = w
-            merged[name] = w
-    sd["vision_model.patch_embed.proj.weight"] = torch.zeros(1)
+    sd["vision_model.patch_embed.proj.weight"] = torch.zeros(4, 3, 2, 2)
+    sd["logit_scale"] = torch.tensor(2.6592)
+    folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"text_config": {"hf_model_config_kwargs": {"lora_alpha": 4}}}))
+    return deltas
+
+
+def xlmr_tokenizer_json(folder):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": 4 + i for i in range(300)}}
@@ -189,13 +191,116 @@ def test_jina_lora_adapter_of_retrieval_query_is_merged(files, blobs, tmp_path):
     hf_tok.pre_tokenizer = pre_tokenizers.Whitespace()
     hf_tok.save(str(folder / "tokenizer.json"))
 
+
+JINA_CLIP_V2_CONFIG = {
+    "architectures": ["JinaCLIPModel"],
+    "add_projections": False,
+    "model_type": "jina_clip",
+    "text_config": {
+        "default_lora_task": "retrieval.query",
+        "default_instruction_task": None,
+        "hf_model_config_kwargs": {"load_trained_adapters": False, "lora_adaptations": ["retrieval.query"]},
+    },
+}
+
+
+@pytest.mark.parametrize("alpha", [None, 4.0])
+def test_official_jina_layout_merges_retrieval_query_lora_like_naive_reference(files, tmp_path, alpha):
+    folder = tmp_path / "jina-clip-v2"
+    base = files["jina_ref"].state_dict()
+    rank = 2
+    deltas = official_jina_file(base, folder, rank=rank)
+    cfg = json.loads(json.dumps(JINA_CLIP_V2_CONFIG))
+    cfg["text_config"]["hf_model_config_kwargs"]["num_attention_heads"] = 2
+    if alpha is not None:
+        cfg["text_config"]["hf_model_config_kwargs"]["lora_alpha"] = alpha
+    (folder / "config.json").write_text(json.dumps(cfg))
+    xlmr_tokenizer_json(folder)
+    scale = (alpha or 1.0) / rank  # alpha / r, alpha 1 when the config does not state it
+    merged = {k: w + deltas[k] * scale if k in deltas else w for k, w in base.items()}
+    assert len(deltas) == 2 + 4 * 2  # both embeddings and the four linears of each of the 2 layers
+
     model, tok, info = load_jina(folder)
-    assert info["lora"] == "merged retrieval.query adapter into 3 tensors (alpha 4.0)"
+    assert info["lora"] == f"merged retrieval.query adapter into 10 tensors (alpha {alpha or 1.0})"
+    assert info["assumed"] == ([] if alpha else ["LoRA alpha 1 (config.json states no lora_alpha)"])
     ids = tok.encode("w1 w2 w7 zzz")
     assert ids == [0, 5, 6, 11, 3, 2]
     ref = naive_jina_pooled(merged, torch.tensor(ids), heads=2)
     got = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
     assert torch.allclose(got[0].double(), ref, atol=1e-5)
+    unmerged = naive_jina_pooled(base, torch.tensor(ids), heads=2)
+    assert not torch.allclose(got[0].double(), unmerged, atol=1e-3)  # the adapter really changes the vector
+
+
+def test_newbie_clip_model_folder_in_either_form_gives_the_same_vector(files, blobs, tmp_path):
+    """NewBie's HF ``clip_model/`` holds model.safetensors (official) and/or jina-clip-v2.safetensors (repackage)."""
+    base = files["jina_ref"].state_dict()
+    only_official = tmp_path / "a" / "clip_model"
+    deltas = official_jina_file(base, only_official, rank=2)
+    (only_official / "config.json").write_text(json.dumps(JINA_CLIP_V2_CONFIG))
+    merged = {k: (w + deltas[k] * 0.5) if k in deltas else w for k, w in base.items()}
+    repack = tmp_path / "b" / "clip_model"
+    repack.mkdir(parents=True)
+    from newbie_core.text.jina import JinaTextConfig, JinaTextModel
+
+    merged_model = JinaTextModel(
+        JinaTextConfig(vocab_size=360, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=96)
+    )
+    merged_model.load_state_dict(merged)
+    save_jina_comfy(merged_model, repack / "jina-clip-v2.safetensors", blobs["jina"])
+    both = tmp_path / "c" / "clip_model"
+    both.mkdir(parents=True)
+    for src in (
+        only_official / "model.safetensors",
+        only_official / "config.json",
+        repack / "jina-clip-v2.safetensors",
+    ):
+        (both / src.name).write_bytes(src.read_bytes())
+    xlmr_tokenizer_json(only_official)
+    ids = torch.tensor([[0, 7, 9, 11, 2]])
+    outs = [load_jina(folder)[0](ids, torch.ones_like(ids)) for folder in (only_official, repack, both)]
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and torch.allclose(outs[0], outs[2], atol=1e-5)
+
+
+def test_jina_without_config_says_what_it_assumed(files, tmp_path, caplog):
+    folder = tmp_path / "jina"
+    official_jina_file(files["jina_ref"].state_dict(), folder, rank=2)
+    xlmr_tokenizer_json(folder)
+    with caplog.at_level("INFO", logger="newbie"):
+        _model, _tok, info = load_jina(folder)
+    assert info["assumed"] == [
+        "2 attention heads of 64 (no config.json states num_attention_heads)",
+        "the file's single adapter is 'retrieval.query' (no config.json lists lora_adaptations)",
+        "LoRA alpha 1 (config.json states no lora_alpha)",
+    ]
+    assert sum("Jina" in r.message and "assumed" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("layout", ["five_adapters", "roberta_prefix"])
+def test_jina_embeddings_v3_is_refused_by_name(files, tmp_path, layout):
+    folder = tmp_path / "jina-embeddings-v3"
+    if layout == "five_adapters":
+        official_jina_file(files["jina_ref"].state_dict(), folder, tasks=5, rank=2, prefix="roberta.")
+    else:
+        official_jina_file(files["jina_ref"].state_dict(), folder, tasks=1, rank=2, prefix="roberta.")
+    n = 5 if layout == "five_adapters" else 1
+    with pytest.raises(
+        CheckpointError,
+        match=rf"model.safetensors: this is jina-embeddings-v3 \({n} task adapters, keys under 'roberta.'\), "
+        "a different model from Jina CLIP v2",
+    ):
+        load_jina(folder)
+
+
+def test_jina_2048_cap_keeps_closing_token(encoders):
+    prompt = " ".join(f"tag{i}" for i in range(1200))
+    ids = encoders.jina_tokenizer.encode(prompt)
+    assert len(ids) > 2048
+    with pytest.warns(UserWarning, match=rf"Jina prompt 1 is {len(ids)} tokens"):
+        (row,) = encoders.jina_ids([prompt])
+    assert len(row) == 2048
+    assert row[0] == 0 and row[-1] == 2  # <s> ... </s>, as HF truncation keeps the specials
+    assert row[:-1] == ids[:2047]
 
 
 # ------------------------------------------------------------------------------ the split
@@ -245,7 +350,7 @@ def test_batches_match_single_prompts_and_are_deterministic(encoders):
 def test_swapped_files_are_named(files):
     with pytest.raises(
         CheckpointError,
-        match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it looks like the Jina CLIP file; the two inputs are swapped\)",
+        match=r"jina_tiny.safetensors: no 'embed_tokens.weight' key: this is not a Gemma3 text-encoder file \(it is the Jina CLIP v2 text encoder file; the two inputs are swapped\)",
     ):
         load_text_encoders(files["jina"], files["gemma"])
 
@@ -273,3 +378,38 @@ def test_missing_tokenizer_is_reported(files, tmp_path):
     path = save_jina_comfy(files["jina_ref"], tmp_path / "jina_no_tok.safetensors", None)
     with pytest.raises(CheckpointError, match="no Jina tokenizer found"):
         load_jina(path)
+
+
+def test_escaped_parentheses_reach_encoders_unescaped_by_default(encoders):
+    plain = encoders.encode("1girl, (medium), smile")
+    escaped = encoders.encode(r"1girl, \(medium\), smile")
+    literal = encoders.encode(r"1girl, \(medium\), smile", escapes="literal")
+    assert torch.equal(escaped.hidden, plain.hidden) and torch.equal(escaped.pooled, plain.pooled)
+    assert int(literal.mask.sum()) > int(plain.mask.sum())
+    from newbie_core.text import apply_escapes
+
+    assert apply_escapes(r"a \(b\) (c:1.2) \\x") == r"a (b) (c:1.2) \\x"  # no weight parsing, other escapes kept
+    with pytest.raises(ValueError, match="unknown escape mode 'raw'; choose one of: unescape, literal"):
+        apply_escapes("x", "raw")
+
+
+def test_scaled_fp8_jina_is_dequantised(files, blobs, tmp_path):
+    """ComfyUI's scaled-fp8 layout (``scaled_fp8`` marker, per-tensor ``.scale_weight``): weight x scale, never a bare cast."""
+    sd, deq = {}, {}
+    for name, w in files["jina_ref"].state_dict().items():
+        if name.endswith(("Wqkv.weight", "fc1.weight", "fc2.weight", "out_proj.weight")):
+            scale = w.abs().max() / 448.0
+            q = (w / scale).to(torch.float8_e4m3fn)
+            sd["model." + name], sd["model." + name[: -len(".weight")] + ".scale_weight"] = q, scale.reshape(())
+            deq[name] = q.float() * scale
+        else:
+            sd["model." + name], deq[name] = w, w
+    sd["model.scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    sd["spiece_model"] = torch.frombuffer(bytearray(blobs["jina"]), dtype=torch.uint8)
+    path = tmp_path / "jina_fp8_scaled.safetensors"
+    save_file(sd, str(path))
+    model, tok, info = load_jina(path, dtype=torch.float32)
+    assert info["dequantised"]
+    ids = tok.encode("1girl, solo, smile")
+    got = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert torch.allclose(got[0].double(), naive_jina_pooled(deq, torch.tensor(ids), heads=2), atol=1e-5)

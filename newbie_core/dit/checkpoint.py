@@ -83,6 +83,10 @@ def describe_foreign_checkpoint(keys: set[str], shapes: dict[str, tuple]) -> str
             f"this is a plain Lumina-Image-2.0 style Next-DiT (caption width {feat}, no pooled Jina CLIP input), "
             "not NewBie-image-Exp0.1"
         )
+    from ..file_kinds import LORA, classify
+
+    if classify(shapes) is LORA:
+        return "this is a LoRA file, not the NewBie diffusion transformer; put it in models/loras and use NewBie LoRA"
     if "x_embedder.weight" not in keys:
         sample = ", ".join(sorted(keys)[:3])
         return f"this is not a Next-DiT checkpoint (no 'x_embedder.weight'; first keys: {sample})"

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 import torch
 
 from ..weights import parse_dtype
-from .conditioning import GEMMA_MAX_TOKENS, JINA_MAX_TOKENS, PRESETS, SYSTEM_PROMPTS, gemma_text, system_prompt_for
+from .conditioning import (
+    ESCAPE_MODES,
+    GEMMA_MAX_TOKENS,
+    JINA_MAX_TOKENS,
+    PRESETS,
+    SYSTEM_PROMPTS,
+    apply_escapes,
+    gemma_text,
+    system_prompt_for,
+)
 from .gemma import GemmaTextEncoder, load_gemma
 from .jina import JinaTextConfig, JinaTextModel, load_jina
 from .tokenizers import Tokenizer
@@ -17,6 +26,8 @@ from .tokenizers import Tokenizer
 log = logging.getLogger("newbie")
 
 __all__ = [
+    "ESCAPE_MODES",
+    "apply_escapes",
     "GEMMA_MAX_TOKENS",
     "PRESETS",
     "SYSTEM_PROMPTS",
@@ -62,7 +73,8 @@ class EncodedPrompts:
         return self.hidden[i : i + 1, :n], self.pooled[i : i + 1]
 
 
-def truncate(ids: list[int], limit: int, what: str, index: int) -> tuple[list[int], int]:
+def truncate(ids: list[int], limit: int, what: str, index: int, keep_last: bool = False) -> tuple[list[int], int]:
+    """Cut ``ids`` to ``limit``; ``keep_last`` keeps the closing special token (``</s>``) as HF truncation does."""
     if len(ids) <= limit:
         return ids, 0
     dropped = len(ids) - limit
@@ -72,6 +84,8 @@ def truncate(ids: list[int], limit: int, what: str, index: int) -> tuple[list[in
     )
     warnings.warn(message, TruncationWarning, stacklevel=3)
     log.warning(message)
+    if keep_last:
+        return ids[: limit - 1] + ids[-1:], dropped
     return ids[:limit], dropped
 
 
@@ -123,7 +137,8 @@ class TextEncoders:
         for i, text in enumerate(texts):
             ids = self.jina_tokenizer.encode(text)
             if limit:
-                ids, _ = truncate(ids, self.jina_max_tokens, "Jina", i)
+                ends_with_eos = self.jina_tokenizer.add_eos and self.jina_tokenizer.eos_id is not None
+                ids, _ = truncate(ids, self.jina_max_tokens, "Jina", i, keep_last=ends_with_eos)
             rows.append(ids)
         return rows
 
@@ -143,15 +158,19 @@ class TextEncoders:
         system_prompt: str = "auto",
         custom_system_prompt: str = "",
         limit_tokens: bool = True,
+        escapes: str = "unescape",
     ) -> EncodedPrompts:
         """Encode prompts as in training: system prompt to Gemma only, bare prompt to Jina, 512-token Gemma cap.
 
-        ``limit_tokens=False`` turns the caps off (ComfyUI core's behaviour), for comparisons.
+        ``limit_tokens=False`` turns the caps off (ComfyUI core's behaviour), for comparisons. ``escapes``:
+        "unescape" turns A1111-style ``\\(`` ``\\)`` into parentheses (captions never hold the backslashes),
+        "literal" keeps the text as typed.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
             raise ValueError("no prompts to encode")
+        prompts = [apply_escapes(p, escapes) for p in prompts]
         gemma_rows, dropped = self.gemma_ids(
             [gemma_text(p, system_prompt, custom_system_prompt) for p in prompts], limit_tokens
         )

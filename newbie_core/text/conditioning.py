@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ..xml_prompt import looks_like_xml
 
 GEMMA_MAX_TOKENS = 512
@@ -45,3 +47,17 @@ def system_prompt_for(prompt: str, preset: str = "auto", custom: str = "") -> st
 
 def gemma_text(prompt: str, preset: str = "auto", custom: str = "") -> str:
     return system_prompt_for(prompt, preset, custom) + prompt
+
+
+#: How ``\(`` / ``\)`` in a prompt reach the encoders. A1111-style prompts escape parentheses (``\(medium\)``)
+#: so weight parsers leave them alone; training captions never contain those backslashes, and ComfyUI core
+#: un-escapes them too. "unescape" (default) turns them into ``(`` / ``)``; "literal" passes the text as typed.
+#: No ``(tag:1.2)`` weight parsing happens in either mode.
+ESCAPE_MODES = ["unescape", "literal"]
+_ESCAPED_PAREN = re.compile(r"\\([()])")
+
+
+def apply_escapes(text: str, mode: str = "unescape") -> str:
+    if mode not in ESCAPE_MODES:
+        raise ValueError(f"unknown escape mode {mode!r}; choose one of: {', '.join(ESCAPE_MODES)}")
+    return _ESCAPED_PAREN.sub(r"\1", text) if mode == "unescape" else text

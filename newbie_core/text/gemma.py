@@ -9,6 +9,7 @@ transformers' ``Gemma3TextModel``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights import TensorReader, weight_files
+from ..file_kinds import GEMMA3, wrong_file_hint
+from ..weights import QuantisedWeights, TensorReader, shard_position, weight_files
 from .tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_from_folder
 
 #: Text config of google/gemma-3-4b-it (legacy key names; transformers converts them).
@@ -36,6 +38,8 @@ GEMMA3_4B_TEXT = dict(
     query_pre_attn_scalar=256,
     max_position_embeddings=131072,
 )
+
+log = logging.getLogger("newbie")
 
 _PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.", "")
 _SKIP = re.compile(r"^(vision_tower|vision_model|multi_modal_projector|lm_head)\.|^spiece_model$")
@@ -64,33 +68,106 @@ class GemmaTextEncoder(nn.Module):
         return out.last_hidden_state
 
 
-def _text_config(shapes: dict, prefix: str, folder: Path, n_layers: int):
+def _read_config(folder: Path) -> dict | None:
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
+    text = raw.get("text_config", raw)
+    if not isinstance(text, dict):
+        return None
+    kind = text.get("model_type", raw.get("model_type"))
+    if kind is not None and kind not in ("gemma3", "gemma3_text"):
+        log.info("ignoring %s: it describes a %r model, not Gemma3", path, kind)
+        return None
+    return dict(text)
+
+
+def _span(layers) -> str:
+    """``3, 5-9`` for a sorted list of layer numbers."""
+    out, run = [], []
+    for i in sorted(layers):
+        if run and i != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ", ".join(out)
+
+
+def _check_depth(where, files, layer_ids: set[int], stated: int | None, hidden: int) -> int:
+    """The model's full depth; refuses a partial set (one shard, gaps), naming the missing layers."""
+    expected = stated
+    source = "config.json"
+    if expected is None and hidden == GEMMA3_4B_TEXT["hidden_size"]:
+        expected, source = GEMMA3_4B_TEXT["num_hidden_layers"], "Gemma3-4B"
+    needed = set(range((expected or max(layer_ids) + 1) - 1))  # the last layer is never run
+    missing = sorted(needed - layer_ids)
+    shard = shard_position(files[0]) if len(files) == 1 else None
+    if not missing and expected is None and shard and shard[1] > 1:
+        raise CheckpointError(
+            f"{where}: this is shard {shard[0]} of {shard[1]} of a sharded Gemma with no "
+            "model.safetensors.index.json beside it; it holds only layers "
+            f"{_span(layer_ids)}; put the whole folder (all shards and the index) in place"
+        )
+    if missing:
+        hint = (
+            f"; it is shard {shard[0]} of {shard[1]}: put all shards and model.safetensors.index.json beside it"
+            if shard
+            else ""
+        )
+        raise CheckpointError(
+            f"{where}: Gemma decoder layers {_span(missing)} are missing ({source} states {expected} layers, "
+            f"the file holds {_span(layer_ids)}){hint}"
+        )
+    return expected or max(layer_ids) + 1
+
+
+def _text_config(shapes: dict, prefix: str, folder: Path, n_layers: int, stated: dict | None, where):
+    """Gemma3TextConfig for layers ``0 .. n_layers-2``: config.json wins wherever it states something.
+
+    Shapes give the sizes; without a config.json the 4B model's published values are used (and said).
+    """
     from transformers import Gemma3TextConfig
 
-    hints = dict(GEMMA3_4B_TEXT)
-    has_config = (folder / "config.json").is_file()
-    if has_config:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        hints.update(raw.get("text_config", raw))
     vocab, hidden = shapes[prefix + "embed_tokens.weight"]
     head_dim = shapes[prefix + "layers.0.self_attn.q_norm.weight"][0]
-    inferred = dict(
+    from_shapes = dict(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=shapes[prefix + "layers.0.mlp.gate_proj.weight"][0],
-        num_hidden_layers=n_layers - 1,
         num_attention_heads=shapes[prefix + "layers.0.self_attn.q_proj.weight"][0] // head_dim,
         num_key_value_heads=shapes[prefix + "layers.0.self_attn.k_proj.weight"][0] // head_dim,
         head_dim=head_dim,
     )
-    if not has_config and hidden != GEMMA3_4B_TEXT["hidden_size"]:
-        inferred["query_pre_attn_scalar"] = head_dim  # not the 4B model and no config: Gemma's usual choice
-    hints.update(inferred)
-    hints.pop("layer_types", None)  # recomputed for the truncated depth from the sliding-window pattern
-    known = set(Gemma3TextConfig().to_dict()) | {"rope_theta", "rope_local_base_freq", "rope_scaling"}
-    config = Gemma3TextConfig(**{k: v for k, v in hints.items() if k in known})
+    assumed = []
+    if stated is not None:
+        values = dict(stated)
+        for key, value in from_shapes.items():
+            if key in values and values[key] != value:
+                raise CheckpointError(
+                    f"{where}: config.json states {key} = {values[key]} but the weights have {value}; "
+                    "the config belongs to another model"
+                )
+            values.setdefault(key, value)
+    else:
+        values = dict(GEMMA3_4B_TEXT, **from_shapes)
+        if hidden != GEMMA3_4B_TEXT["hidden_size"]:
+            values["query_pre_attn_scalar"] = head_dim
+            assumed.append(f"query_pre_attn_scalar = head_dim {head_dim} (not the 4B model, no config.json)")
+        assumed.append("Gemma3-4B's sliding window, RoPE and layer pattern (no config.json beside the file)")
+    values["num_hidden_layers"] = n_layers
+    full = Gemma3TextConfig(**{k: v for k, v in values.items() if k not in ("architectures", "auto_map")})
+    layer_types = list(full.layer_types)[: n_layers - 1]
+    values["num_hidden_layers"] = n_layers - 1
+    values["layer_types"] = layer_types
+    config = Gemma3TextConfig(**{k: v for k, v in values.items() if k not in ("architectures", "auto_map")})
     config._attn_implementation = "sdpa"
-    return config
+    return config, assumed
 
 
 def _materialise_buffers(module: nn.Module, config, device) -> None:
@@ -119,19 +196,30 @@ def load_gemma(path, dtype: torch.dtype | None = None, device="cpu") -> tuple[Ge
     try:
         prefix = _prefix(reader.tensors)
     except CheckpointError as exc:
-        hint = ""
-        if any(".mixer.Wqkv." in k for k in reader.tensors):
-            hint = " (it looks like the Jina CLIP file; the two inputs are swapped)"
+        shard = shard_position(files[0]) if len(files) == 1 else None
+        layers = {int(m.group(1)) for k in reader.tensors if (m := re.search(r"layers\.(\d+)\.self_attn\.", k))}
+        if shard and layers:
+            raise CheckpointError(
+                f"{where}: this is shard {shard[0]} of {shard[1]} of a sharded Gemma with no "
+                f"model.safetensors.index.json beside it; it holds only layers {_span(layers)}; "
+                "put the whole folder (all shards and the index) in place"
+            ) from None
+        hint = wrong_file_hint(GEMMA3, {k: v.shape for k, v in reader.tensors.items()})
         raise CheckpointError(f"{where}: {exc}{hint}") from None
     shapes = {k: info.shape for k, info in reader.tensors.items()}
     layer_ids = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(prefix) + r"layers\.(\d+)\.", k))}
-    n_layers = max(layer_ids) + 1 if layer_ids else 0
-    if n_layers < 2:
-        raise CheckpointError(f"{where}: Gemma file has {n_layers} decoder layers; at least 2 are needed")
+    if len(layer_ids) < 2:
+        raise CheckpointError(f"{where}: Gemma file has {len(layer_ids)} decoder layers; at least 2 are needed")
+    stated = _read_config(folder)
+    weights = QuantisedWeights(reader, where)
     try:
-        config = _text_config(shapes, prefix, folder, n_layers)
+        hidden = shapes[prefix + "embed_tokens.weight"][1]
+        n_layers = _check_depth(where, files, layer_ids, (stated or {}).get("num_hidden_layers"), hidden)
+        config, assumed = _text_config(shapes, prefix, folder, n_layers, stated, where)
     except KeyError as exc:
         raise CheckpointError(f"{where}: missing Gemma key {exc.args[0]!r}") from None
+    if assumed:
+        log.info("Gemma %s: assumed %s", where, "; ".join(assumed))
 
     with torch.device("meta"):
         encoder = GemmaTextEncoder(config)
@@ -145,7 +233,10 @@ def load_gemma(path, dtype: torch.dtype | None = None, device="cpu") -> tuple[Ge
             raise CheckpointError(
                 f"{where}: Gemma key {key!r} has shape {list(reader.shape(key))}, expected {list(meta.shape)}"
             )
-        tensor = reader.get(key)
+        tensor = weights.get(key)
+        stored = reader.tensors[key].dtype
+        if dtype is None and (weights.quantised or stored.startswith("F8")):
+            dtype = torch.bfloat16  # fp8 storage computes in bf16 (exact for plain fp8)
         state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
     encoder.model.load_state_dict(state, strict=True, assign=True)
     _materialise_buffers(encoder.model, config, device)

@@ -14,6 +14,7 @@ default task ``retrieval.query`` is merged, as the reference ``get_text_features
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights import TensorReader, weight_files
+from ..file_kinds import (
+    JINA_CLIP_V2,
+    JINA_V3,
+    classify,
+    classify_path,
+    jina_adapter_tasks,
+    jina_prefix,
+    wrong_file_hint,
+)
+from ..weights import FLOAT8_DTYPES, QuantisedWeights, TensorReader, weight_files
 from .tokenizers import SentencePieceTokenizer, Tokenizer, tokenizer_from_folder
 
-DEFAULT_LORA_TASKS = ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching"]
 DEFAULT_TASK = "retrieval.query"
+
+log = logging.getLogger("newbie")
 
 
 @dataclass(frozen=True)
@@ -130,74 +141,139 @@ class JinaTextModel(nn.Module):
 
 # ------------------------------------------------------------------------------------ loading
 
-_PREFIXES = ("model.", "text_model.transformer.", "transformer.", "roberta.", "")
+
+@dataclass(frozen=True)
+class _FileConfig:
+    """What the folder's ``config.json`` states (None where it is silent)."""
+
+    tasks: list[str] | None = None
+    default_task: str | None = None
+    lora_alpha: float | None = None
+    num_heads: int | None = None
+    rotary_base: float | None = None
+    layer_norm_eps: float | None = None
 
 
-def _prefix(keys) -> str:
-    for p in _PREFIXES:
-        for suffix in (
-            "embeddings.word_embeddings.weight",
-            "embeddings.word_embeddings.parametrizations.weight.original",
+def _file_config(folder: Path) -> _FileConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        return _FileConfig()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable config.json ({exc})") from None
+    if raw.get("model_type") not in (None, "jina_clip", "xlm-roberta"):
+        log.info("ignoring %s: it describes a %r model, not Jina CLIP v2", path, raw.get("model_type"))
+        return _FileConfig()
+    text_cfg = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else {}
+    kwargs = text_cfg.get("hf_model_config_kwargs") if isinstance(text_cfg.get("hf_model_config_kwargs"), dict) else {}
+    found: dict = {}
+    for source in (raw, text_cfg, kwargs):  # the most specific source wins
+        for ours, theirs in (
+            ("tasks", "lora_adaptations"),
+            ("default_task", "default_lora_task"),
+            ("lora_alpha", "lora_alpha"),
+            ("num_heads", "num_attention_heads"),
+            ("rotary_base", "rotary_emb_base"),
+            ("layer_norm_eps", "layer_norm_eps"),
         ):
-            if p + suffix in keys:
-                return p
-    raise CheckpointError("no 'embeddings.word_embeddings.weight' key: this is not a Jina CLIP v2 text file")
+            if source.get(theirs) is not None:
+                found[ours] = source[theirs]
+    return _FileConfig(**found)
 
 
-def _lora_settings(folder: Path) -> tuple[list[str], float]:
-    tasks, alpha = list(DEFAULT_LORA_TASKS), 1.0
-    if (folder / "config.json").is_file():
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        text_cfg = raw.get("text_config", {})
-        kwargs = text_cfg.get("hf_model_config_kwargs", {}) if isinstance(text_cfg, dict) else {}
-        for source in (raw, text_cfg, kwargs):
-            if isinstance(source, dict):
-                tasks = source.get("lora_adaptations", tasks)
-                alpha = float(source.get("lora_alpha", alpha))
-    return tasks, alpha
+def _jina_files(path: Path) -> tuple[list[Path], Path]:
+    """The Jina weight file(s) at ``path``; in a folder holding both NewBie forms, the one the table names Jina."""
+    files, folder = weight_files(path)
+    if len(files) > 1 and path.is_dir() and not any(path.glob("*.safetensors.index.json")):
+        jina = [f for f in files if classify_path(f)[0] is JINA_CLIP_V2]
+        if jina:
+            if len(jina) > 1:
+                log.info("Jina: %s holds %s; using %s", path, ", ".join(f.name for f in jina), jina[0].name)
+            return jina[:1], folder
+    return files, folder
 
 
 def load_jina(
     path, dtype: torch.dtype | None = None, device="cpu", task: str = DEFAULT_TASK
 ) -> tuple[JinaTextModel, Tokenizer, dict]:
-    """Jina text tower + tokenizer. Returns ``(model, tokenizer, info)``; ``info['lora']`` says what was merged."""
+    """Jina text tower + tokenizer. Returns ``(model, tokenizer, info)``; ``info['lora']`` says what was merged.
+
+    Accepts the official ``text_model.transformer.roberta.*`` layout (task LoRA as torch parametrizations,
+    merged here for ``task``), ComfyUI's repackage (``model.*`` + ``spiece_model``) and folders holding either.
+    jina-embeddings-v3 (same shapes, five adapters) is refused by name.
+    """
     path = Path(path)
-    files, folder = weight_files(path)
+    files, folder = _jina_files(path)
     where = files[0] if len(files) == 1 else path
     reader = TensorReader.open(files)
-    try:
-        prefix = _prefix(reader.tensors)
-    except CheckpointError as exc:
-        hint = (
-            " (it looks like the Gemma file; the two inputs are swapped)"
-            if any("self_attn.q_norm" in k for k in reader.tensors)
-            else ""
+    shapes = {k: v.shape for k, v in reader.tensors.items()}
+    kind = classify(shapes)
+    if kind is JINA_V3:
+        n = jina_adapter_tasks(shapes)
+        raise CheckpointError(
+            f"{where}: this is jina-embeddings-v3 ({n or 'no'} task adapters, keys under 'roberta.'), a different "
+            "model from Jina CLIP v2; use jinaai/jina-clip-v2's model.safetensors or ComfyUI's "
+            "jina_clip_v2_bf16.safetensors"
         )
-        raise CheckpointError(f"{where}: {exc}{hint}") from None
+    prefix = jina_prefix(shapes)
+    if prefix is None:
+        raise CheckpointError(
+            f"{where}: no 'embeddings.word_embeddings' / 'mixer.Wqkv' keys: this is not a Jina CLIP v2 text file"
+            + wrong_file_hint(JINA_CLIP_V2, shapes)
+        )
+    weights = QuantisedWeights(reader, where)
+    file_cfg = _file_config(folder)
+    assumed: list[str] = []
 
     def base_key(name: str) -> str:
         plain = prefix + name
-        if plain in reader.tensors:
+        if plain in shapes:
             return plain
         para = prefix + name.replace(".weight", ".parametrizations.weight.original")
-        if para in reader.tensors:
+        if para in shapes:
             return para
         raise CheckpointError(f"{where}: missing Jina key {plain!r}")
 
-    shapes = {k: v.shape for k, v in reader.tensors.items()}
     layers = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(prefix) + r"encoder\.layers\.(\d+)\.", k))}
     vocab, hidden = shapes[base_key("embeddings.word_embeddings.weight")]
-    fc1 = shapes[base_key("encoder.layers.0.mlp.fc1.weight")]
+    if file_cfg.num_heads:
+        heads = int(file_cfg.num_heads)
+    else:
+        heads = max(1, hidden // 64)
+        assumed.append(f"{heads} attention heads of 64 (no config.json states num_attention_heads)")
+    defaults = JinaTextConfig()
     config = JinaTextConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         num_layers=max(layers) + 1 if layers else 0,
-        num_heads=max(1, hidden // 64),  # Jina XLM-RoBERTa heads are 64 wide (16 at 1024); shapes cannot tell
-        intermediate_size=fc1[0],
+        num_heads=heads,
+        intermediate_size=shapes[base_key("encoder.layers.0.mlp.fc1.weight")][0],
         type_vocab_size=shapes[base_key("embeddings.token_type_embeddings.weight")][0],
+        rotary_base=float(file_cfg.rotary_base or defaults.rotary_base),
+        layer_norm_eps=float(file_cfg.layer_norm_eps or defaults.layer_norm_eps),
     )
-    tasks, alpha = _lora_settings(folder)
-    task_index = tasks.index(task) if task in tasks else None
+    n_tasks = jina_adapter_tasks(shapes)
+    task_index = None
+    if n_tasks:
+        tasks = file_cfg.tasks
+        if tasks is None:
+            tasks = [DEFAULT_TASK] if n_tasks == 1 else None
+            assumed.append(f"the file's single adapter is {DEFAULT_TASK!r} (no config.json lists lora_adaptations)")
+        if tasks is None or len(tasks) != n_tasks:
+            raise CheckpointError(
+                f"{where}: the file carries {n_tasks} task adapters but config.json lists {tasks}; "
+                "cannot tell which one is retrieval.query"
+            )
+        if task not in tasks:
+            raise CheckpointError(f"{where}: no {task!r} adapter in this file (it has {', '.join(tasks)})")
+        task_index = tasks.index(task)
+    else:
+        assumed.append(f"the {task} adapter is already merged (the file carries no adapter tensors)")
+    alpha = file_cfg.lora_alpha
+    if task_index is not None and alpha is None:
+        alpha = 1.0
+        assumed.append("LoRA alpha 1 (config.json states no lora_alpha)")
 
     with torch.device("meta"):
         model = JinaTextModel(config)
@@ -209,20 +285,22 @@ def load_jina(
                 f"{where}: Jina key {key!r} has shape {list(shapes[key])}, expected {list(meta.shape)}"
             )
         stored = reader.get(key)
-        tensor = stored.float()
+        tensor = weights.get(key).float()
         lora_a = key.replace(".original", ".0.lora_A")
-        if key.endswith(".parametrizations.weight.original") and lora_a in reader.tensors and task_index is not None:
-            a = reader.get(lora_a).float()[task_index]
-            b_ = reader.get(key.replace(".original", ".0.lora_B")).float()[task_index]
-            rank = a.shape[0] if "embeddings" not in name else a.shape[1]
-            delta = (a @ b_) if "embeddings" in name else (b_ @ a)
-            tensor = tensor + delta * (alpha / rank)
+        if key.endswith(".parametrizations.weight.original") and lora_a in shapes and task_index is not None:
+            a = weights.get(lora_a).float()[task_index]
+            b_ = weights.get(key.replace(".original", ".0.lora_B")).float()[task_index]
+            embedding = "embeddings" in name  # embeddings: A [vocab, r] @ B [r, dim]; linears: B [out, r] @ A [r, in]
+            rank = a.shape[1] if embedding else a.shape[0]
+            delta = (a @ b_) if embedding else (b_ @ a)
+            tensor = tensor + delta * (float(alpha) / rank)
             merged += 1
-        state[name] = tensor.to(device=device, dtype=dtype or stored.dtype)
+        plain_dtype = stored.dtype if stored.dtype.is_floating_point and stored.dtype not in FLOAT8_DTYPES else None
+        state[name] = tensor.to(device=device, dtype=dtype or plain_dtype or torch.float32)
     model.load_state_dict(state, strict=True, assign=True)
 
     tokenizer = None
-    if "spiece_model" in reader.tensors:
+    if "spiece_model" in shapes:
         blob = reader.get("spiece_model").numpy().tobytes()
         tokenizer = SentencePieceTokenizer(
             blob, add_bos=True, add_eos=True, pad_id=config.pad_token_id, source=f"{where} (spiece_model)"
@@ -236,5 +314,11 @@ def load_jina(
         raise CheckpointError(
             f"{where}: no Jina tokenizer found (no embedded 'spiece_model' and no tokenizer.json beside it)"
         )
-    info = {"lora": f"merged {task} adapter into {merged} tensors (alpha {alpha})" if merged else "none in file"}
+    if assumed:
+        log.info("Jina %s: assumed %s", where, "; ".join(assumed))
+    info = {
+        "lora": f"merged {task} adapter into {merged} tensors (alpha {float(alpha)})" if merged else "none in file",
+        "assumed": assumed,
+        "dequantised": weights.quantised,
+    }
     return model.eval().requires_grad_(False), tokenizer, info

@@ -150,12 +150,32 @@ def test_side_by_side_with_core_newbie_encoder(node_classes, tiny, monkeypatch):
     assert torch.allclose(extras2["pooled_output"], core_pooled, atol=1e-4)  # our Jina: bare prompt
     assert not torch.allclose(extras2["pooled_output"], core_pooled2, atol=1e-3)  # core's Jina: system prompt included
 
+    # A1111 escapes: core un-escapes \\( \\) for both encoders, and so do we by default.
+    esc = r"1girl, \(medium\)"
+    core_esc, core_esc_pooled, _ = te.encode_token_weights(tok.tokenize_with_weights(esc))
+    ((ours_esc, extras_esc),) = node_classes["NewBieTextEncode"].execute(clip, esc, "none", "").result[0]
+    assert torch.allclose(ours_esc, core_esc, atol=1e-4)
+    assert torch.allclose(extras_esc["pooled_output"], core_esc_pooled, atol=1e-4)
+
     # Documented difference 2: the 512-token cap. Core keeps every token; ours keeps the first 512.
     long_prompt = " ".join(f"tag{i}" for i in range(200))
     core_long, _, _ = te.encode_token_weights(tok.tokenize_with_weights(long_prompt))
     ((ours_long, _),) = node_classes["NewBieTextEncode"].execute(clip, long_prompt, "none", "").result[0]
     assert core_long.shape[1] > 512 and ours_long.shape[1] == 512
     assert torch.allclose(ours_long, core_long[:, :512], atol=1e-4)
+
+
+def test_encode_node_unescapes_parentheses_by_default_with_literal_mode(node_classes, tiny):
+    clip = _clip(node_classes)
+    encode = node_classes["NewBieTextEncode"].execute
+    ((plain, plain_x),) = encode(clip, "1girl, (medium), smile", "none", "").result[0]
+    ((escaped, escaped_x),) = encode(clip, r"1girl, \(medium\), smile", "none", "").result[0]
+    ((literal, literal_x),) = encode(clip, r"1girl, \(medium\), smile", "none", "", "literal").result[0]
+    assert torch.equal(escaped, plain) and torch.equal(escaped_x["pooled_output"], plain_x["pooled_output"])
+    assert literal.shape[1] > plain.shape[1]  # the backslashes are tokens of their own
+    assert not torch.allclose(literal_x["pooled_output"], plain_x["pooled_output"], atol=1e-4)
+    stock = clip.tokenize(r"\(medium\)")  # stock CLIPTextEncode on our CLIP: un-escaped as core does
+    assert stock == clip.tokenize("(medium)")
 
 
 def test_encode_node_accepts_core_newbie_clip_and_rejects_others(node_classes):
@@ -332,9 +352,12 @@ def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, m
     }
     ref_cond, ref_pooled, _ = te.encode_token_weights(expected)
     assert torch.allclose(cond, ref_cond, atol=1e-5) and torch.allclose(extras["pooled_output"], ref_pooled, atol=1e-5)
-    # escapes and parentheses reach the encoders literally (core's own parser would eat them)
-    ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, "rem_\\(re:zero\\), (smile:1.2)", "none", "").result[0]
-    assert lit.shape[1] == len(tok.gemma.tokenizer("rem_\\(re:zero\\), (smile:1.2)")["input_ids"])
+    # \( \) are un-escaped by default (literal mode keeps them); (x:1.2) is never parsed as a weight
+    text = "rem_\\(re:zero\\), (smile:1.2)"
+    ((unesc, _),) = node_classes["NewBieTextEncode"].execute(clip, text, "none", "").result[0]
+    assert unesc.shape[1] == len(tok.gemma.tokenizer("rem_(re:zero), (smile:1.2)")["input_ids"])
+    ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, text, "none", "", "literal").result[0]
+    assert lit.shape[1] == len(tok.gemma.tokenizer(text)["input_ids"])
     # character token spans (for regions) come out the same as with this pack's CLIP
     xml = "<character_1><n>a</n><region>0,0,500,1000</region></character_1>\n<character_2><n>b</n></character_2>"
     ((_, core_extras),) = node_classes["NewBieTextEncode"].execute(clip, xml, "auto", "").result[0]
@@ -393,9 +416,96 @@ def test_lora_node_maps_newbie_trainer_peft_keys_with_alpha(node_classes, tiny, 
         str(models_dir / "loras" / "peft_lora.safetensors"),
     )
     (models_dir / "loras" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 8}))
-    patched = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result[0]
+    patched, report, words = node_classes["NewBieLoRA"].execute(model, "peft_lora.safetensors", 0.5).result
+    assert report.splitlines()[1] == "unmatched (1): base_model.model.not_in_model"
+    assert words == ""
     mm.load_models_gpu([patched])
     got = patched.model.diffusion_model.layers[1].feed_forward.w2.weight
     assert torch.allclose(got, w + 0.5 * (8 / 2) * (b @ a), atol=1e-6)
     mm.unload_all_models()
     assert torch.equal(model.model.diffusion_model.layers[1].feed_forward.w2.weight, w)  # input model untouched
+
+
+def test_lora_node_applies_lokr_all_kinds_and_diffusers_qkv_rows(node_classes, tiny, models_dir, comfy):
+    """Official LyCORIS LoKr (six module kinds, full factors: scale 1) and diffusers to_q/to_k/to_v (GQA rows)."""
+    import comfy.model_management as mm
+    from safetensors.torch import save_file
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    dit = tiny["dit"]
+    params = dict(dit.named_parameters())
+    gen = torch.Generator().manual_seed(21)
+    sd, expected = {}, {}
+    kinds = ["attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
+    for m in [f"layers.0.{k}" for k in kinds] + ["layers.0.adaLN_modulation.1"]:
+        w = params[m + ".weight"].detach()
+        w1 = torch.randn(2, 2, generator=gen) * 0.2
+        w2 = torch.randn(w.shape[0] // 2, w.shape[1] // 2, generator=gen) * 0.2
+        stem = "lycoris_" + m.replace(".", "_")
+        sd[stem + ".lokr_w1"], sd[stem + ".lokr_w2"], sd[stem + ".alpha"] = w1, w2, torch.tensor(4.0)
+        kron = torch.einsum("ij,kl->ikjl", w1, w2).reshape(w.shape)
+        expected[m] = w + 0.8 * kron
+    cfg = dit.config
+    head = cfg.dim // cfg.n_heads
+    qkv = params["layers.1.attention.qkv.weight"].detach()
+    deltas = []
+    for letter, rows in (("q", cfg.n_heads * head), ("k", cfg.n_kv_heads * head), ("v", cfg.n_kv_heads * head)):
+        a = torch.randn(2, cfg.dim, generator=gen) * 0.2
+        b = torch.randn(rows, 2, generator=gen) * 0.2
+        sd[f"transformer.layers.1.attn.to_{letter}.lora_A.weight"] = a
+        sd[f"transformer.layers.1.attn.to_{letter}.lora_B.weight"] = b
+        deltas.append(b @ a)
+    expected["layers.1.attention.qkv"] = qkv + 0.8 * torch.cat(deltas)
+    save_file(sd, str(models_dir / "loras" / "mixed.safetensors"), metadata={"modelspec.trigger_phrase": "<n>rem</n>"})
+    patched, report, words = node_classes["NewBieLoRA"].execute(model, "mixed.safetensors", 0.8).result
+    assert report.splitlines() == [
+        "mixed.safetensors: LyCORIS LoKr, PEFT lora_A/lora_B, diffusers names, lycoris names; 9 modules applied",
+        "no adapter_config.json or alpha in the file: PEFT modules use scale 1 (alpha = r)",
+    ]
+    assert words == "<n>rem</n>"
+    mm.load_models_gpu([patched])
+    got = dict(patched.model.diffusion_model.named_parameters())
+    for m, want in expected.items():
+        assert torch.allclose(got[m + ".weight"], want, atol=1e-6), m
+    mm.unload_all_models()
+
+
+def test_lora_node_agrees_with_core_loader_on_formats_core_knows(node_classes, tiny, models_dir, comfy):
+    """kohya lora_unet_* with alpha, diffusion_model.* lora_down/up and LyCORIS LoHa: core's own loader is an
+    independent implementation of these scale rules, so both must give the same weights."""
+    import comfy.lora
+    import comfy.model_management as mm
+    from safetensors.torch import save_file
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    params = dict(tiny["dit"].named_parameters())
+    gen = torch.Generator().manual_seed(31)
+    sd = {}
+    for i, m in enumerate(["layers.0.attention.qkv", "layers.1.feed_forward.w2", "noise_refiner.0.attention.out"]):
+        w = params[m + ".weight"]
+        stem = "lora_unet_" + m.replace(".", "_")
+        sd[stem + ".lora_down.weight"] = torch.randn(3, w.shape[1], generator=gen) * 0.2
+        sd[stem + ".lora_up.weight"] = torch.randn(w.shape[0], 3, generator=gen) * 0.2
+        sd[stem + ".alpha"] = torch.tensor(float(i + 1))
+    w = params["layers.1.feed_forward.w1.weight"]
+    for slot, shape in (("hada_w1_a", (w.shape[0], 2)), ("hada_w1_b", (2, w.shape[1])),
+                        ("hada_w2_a", (w.shape[0], 2)), ("hada_w2_b", (2, w.shape[1]))):  # fmt: skip
+        sd["lycoris_layers_1_feed_forward_w1." + slot] = torch.randn(*shape, generator=gen) * 0.2
+    sd["lycoris_layers_1_feed_forward_w1.alpha"] = torch.tensor(3.0)
+    save_file(sd, str(models_dir / "loras" / "kohya.safetensors"))
+    ours = node_classes["NewBieLoRA"].execute(model, "kohya.safetensors", 0.7).result[0]
+    core = model.clone()
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    core_patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    assert len(core_patches) == 4
+    core.add_patches(core_patches, 0.7)
+    mm.load_models_gpu([ours])
+    got = {k: v.detach().clone() for k, v in ours.model.diffusion_model.named_parameters()}
+    mm.unload_all_models()
+    mm.load_models_gpu([core])
+    want = dict(core.model.diffusion_model.named_parameters())
+    for name in ("layers.0.attention.qkv", "layers.1.feed_forward.w2", "noise_refiner.0.attention.out",
+                 "layers.1.feed_forward.w1"):  # fmt: skip
+        assert torch.allclose(got[name + ".weight"], want[name + ".weight"], atol=1e-6), name
+        assert not torch.equal(got[name + ".weight"], params[name + ".weight"])
+    mm.unload_all_models()
