@@ -53,7 +53,7 @@ def test_encode_records_spans_and_strips_region_tags(node_classes, tiny):
         a, b = spans.characters[n]
         block = TWO[TWO.index(f"<character_{n}>") : TWO.index(f"</character_{n}>") + 14]
         assert " ".join(tok.sp.decode(ids[a:b]).split()) == " ".join(block.split())
-    ((kept, kept_extras),) = encode.execute(clip, WITH_REGION, "auto", "", True).result[0]
+    ((kept, kept_extras),) = encode.execute(clip, WITH_REGION, "auto", "", keep_region_tags=True).result[0]
     assert kept.shape[1] > cond.shape[1]
 
 
