@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import NewBieError
 from .layout import RegionError
+from .solvers import SOLVERS
 from .xml_prompt import XMLPromptError, parse
 
 EXIT_BAD_INPUT = 2
@@ -37,6 +38,41 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cache_threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (0 = off), not {text}")
+    return value
+
+
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Memory profile, compile and step cache (issue 9); all off by default."""
+    from .memory import PROFILES
+
+    p.add_argument(
+        "--vram",
+        type=int,
+        choices=sorted(PROFILES),
+        default=None,
+        help="GPU memory profile in GB: "
+        + "; ".join(f"{k}: {v.summary}" for k, v in sorted(PROFILES.items(), reverse=True)),
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the repeated DiT block once (first image pays the compile, later ones are faster)",
+    )
+    p.add_argument(
+        "--step-cache",
+        type=_cache_threshold,
+        default=0.0,
+        help="skip the DiT's main layers on steps whose first-block change is below this (e.g. 0.05; 0 = off)",
+    )
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as the official demo)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, reproducible across devices)")
@@ -53,7 +89,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="cap the guided velocity norm at this times the conditional one (0 = off)",
     )
-    p.add_argument("--solver", choices=["euler", "midpoint"], default="midpoint")
+    p.add_argument(
+        "--solver",
+        choices=list(SOLVERS),
+        default="midpoint",
+        help="; ".join(f"{s.name}: {s.summary}" for s in SOLVERS.values()),
+    )
     p.add_argument("--shift", type=float, default=6.0, help="time shift of the schedule")
     p.add_argument("--width", type=int, default=None, help="image width in pixels, multiple of 16")
     p.add_argument("--height", type=int, default=None, help="image height in pixels, multiple of 16")
@@ -150,12 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8)")
     gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
     _add_model_args(gen)
+    _add_speed_args(gen)
     _add_sampling_args(gen)
     _add_region_args(gen)
     _add_lora_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
+    _add_speed_args(create)
     _add_sampling_args(create)
     _add_lora_args(create)
     return parser
@@ -183,15 +226,27 @@ def _load_pipeline(args, out, loras=()):
     if args.models_dir:
         print(f"loading NewBie models from {args.models_dir} ...", file=out)
         pipe = NewBiePipeline.from_models_dir(
-            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram
+            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram, vram=args.vram
         )
         tiny = False
     else:
         print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
         pipe, tiny = NewBiePipeline.tiny(device=device), True
+        if args.vram:
+            from .memory import apply_profile, get_profile
+
+            apply_profile(pipe, get_profile(args.vram))  # the tiny model keeps its fp32 weights (no fp8 storage)
     for path, strength in loras:
         print(pipe.apply_lora(path, strength).report.summary(), file=out)
-    return pipe, tiny
+    return _speed_options(pipe, args), tiny
+
+
+def _speed_options(pipe, args):
+    if args.compile:
+        from .dit.compile import compile_repeated_block
+
+        compile_repeated_block(pipe.transformer)
+    return pipe
 
 
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: dict | None = None):
@@ -217,6 +272,7 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: 
         region_soft_edge=getattr(args, "region_soft_edge", 0.0),
         region_layers=getattr(args, "region_layers", "all"),
         keep_region_tags=getattr(args, "keep_region_tags", False),
+        step_cache=args.step_cache,
     )
 
 
@@ -300,6 +356,7 @@ def cmd_generate(args, out, err) -> int:
         settings.validate()
         result = pipe.generate(settings, progress=Progress(err))
         write_png(result, output)
+        print(result.memory.report(), file=err)
     except (NewBieError, FileExistsError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_BAD_INPUT

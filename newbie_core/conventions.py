@@ -34,3 +34,8 @@ def comfy_output_from_velocity(velocity: torch.Tensor) -> torch.Tensor:
 def denoised_from_velocity(x_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_data estimate from a velocity at time t: ``x_t + (1 - t) * v``."""
     return x_t + (1.0 - t) * velocity
+
+
+def velocity_from_denoised(x_t: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
+    """Inverse of :func:`denoised_from_velocity` in sigma terms: ``v = (x0 - x_t) / sigma`` (sigma > 0)."""
+    return (denoised - x_t) / sigma

@@ -38,6 +38,8 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    #: Step cache threshold (0 = off): skip the main layers while the first block's residual barely changes.
+    step_cache: float = 0.0
     #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
     prompt_escapes: str = "unescape"
     #: Character regions {"character_N": [x0, y0, x1, y1]} in 0-1000 units; override XML <region> tags.
@@ -63,6 +65,8 @@ class GenerationSettings:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {self.seed}")
+        if not 0 <= self.step_cache <= 1:
+            raise ConfigError(f"step_cache must be between 0 and 1, got {self.step_cache}")
         if self.prompt_escapes not in ("unescape", "literal"):
             raise ConfigError(f"prompt_escapes must be unescape or literal, got {self.prompt_escapes!r}")
         self.region_boxes()
@@ -104,8 +108,8 @@ class GenerationResult:
     latents: torch.Tensor
     settings: GenerationSettings
     model_label: str
-
     loras: list[str] = dataclasses.field(default_factory=list)
+    memory: object = None  # newbie_core.memory.StageMemory of this run
 
     def metadata(self) -> dict:
         meta = {"model": self.model_label, **self.settings.to_dict()}
@@ -131,6 +135,7 @@ class NewBiePipeline:
         self.label = label
         #: Keep Gemma and Jina (about 9 GB in bf16) in CPU memory except while encoding.
         self.offload_text_encoders = offload_text_encoders
+        self.profile = None  # a newbie_core.memory.MemoryProfile once apply_profile ran
         #: LoRAs merged into the transformer, as ``name:strength`` (recorded in the PNG metadata).
         self.loras: list[str] = []
 
@@ -144,19 +149,32 @@ class NewBiePipeline:
         return pipe.to(device)
 
     @classmethod
-    def from_models_dir(cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False) -> NewBiePipeline:
-        """Load real weights from a ComfyUI ``models/`` folder or the official HF layout."""
+    def from_models_dir(
+        cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False, vram=None
+    ) -> NewBiePipeline:
+        """Load real weights from a ComfyUI ``models/`` folder or the official HF layout.
+
+        ``vram`` (6, 8, 12 or 24 GB) applies a :mod:`newbie_core.memory` profile.
+        """
+        from . import memory
         from .dit import load_transformer
         from .text import load_text_encoders
         from .vae import load_vae
 
+        profile = memory.get_profile(vram)
         found = find_model_files(models_dir)
-        dtype = parse_dtype(dtype) or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-        transformer = load_transformer(found["transformer"], dtype=dtype, device=device)
-        te_device = "cpu" if offload_text_encoders else device
+        dtype = parse_dtype(dtype) or default_compute_dtype(device)
+        offload = offload_text_encoders or bool(profile and profile.offload_text_encoders)
+        staged = "cpu" if profile and (profile.stream_dit or profile.stream_text_encoders) else device
+        storage = (profile and profile.dit_storage) or dtype
+        transformer = load_transformer(found["transformer"], dtype=storage, device=staged, compute_dtype=dtype)
+        te_device = "cpu" if offload or staged == "cpu" else device
         encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=te_device)
         vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
-        return cls(transformer, encoders, vae, device=device, offload_text_encoders=offload_text_encoders)
+        pipe = cls(transformer, encoders, vae, device=device, offload_text_encoders=offload)
+        if profile is not None:
+            memory.apply_profile(pipe, profile)
+        return pipe
 
     def apply_lora(self, path, strength: float = 1.0, block_strengths=None):
         """Merge a LoRA (any format newbie_core.lora reads) into the transformer; returns its plan and report."""
@@ -174,16 +192,18 @@ class NewBiePipeline:
         return self
 
     def _encode(self, gemma_rows, jina_rows):
+        from .memory import place
+
         enc = self.text_encoders
         if not self.offload_text_encoders:
             return enc.encode_ids(gemma_rows, jina_rows)
         try:
-            enc.gemma.to(self.device)
-            enc.jina.to(self.device)
+            place(enc.gemma, self.device)
+            place(enc.jina, self.device)
             return enc.encode_ids(gemma_rows, jina_rows)
         finally:
-            enc.gemma.to("cpu")
-            enc.jina.to("cpu")
+            place(enc.gemma, "cpu")
+            place(enc.jina, "cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -193,9 +213,13 @@ class NewBiePipeline:
         self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         settings.validate()
+        from .dit.step_cache import StepCache
+        from .memory import StageMemory
+        from .text.conditioning import gemma_text
+
         b = settings.batch_size
         enc = self.text_encoders
-        from .text.conditioning import gemma_text
+        stages = StageMemory(self.device)
 
         layout, negative = self._layout(settings)
         gemma_rows, _ = enc.gemma_ids(
@@ -207,7 +231,8 @@ class NewBiePipeline:
         if layout.boxes:
             settings = dataclasses.replace(settings, regions=regions_mod.boxes_to_json(layout.boxes))
         jina_rows = enc.jina_ids([layout.text] * b + [negative] * b)
-        conds = self._encode(gemma_rows, jina_rows)
+        with stages.stage("encode"):
+            conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
         masks = conds.mask.to(self.device)
         pooled = conds.pooled.to(self.device)
@@ -231,11 +256,19 @@ class NewBiePipeline:
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
         noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
-        times = sampling.time_grid(settings.steps, settings.shift)
+        times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
-        latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
-        pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
-        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras))
+        saved_runner = dit.layer_runner
+        if settings.step_cache > 0:
+            dit.layer_runner = StepCache(settings.step_cache)
+        try:
+            with stages.stage("sample"):
+                latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+        finally:
+            dit.layer_runner = saved_runner
+        with stages.stage("decode"):
+            pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+        return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras), memory=stages)
 
     def _layout(self, settings: GenerationSettings):
         """The prompt's regions (XML merged with ``settings.regions``) and both texts for the encoders."""
@@ -259,10 +292,20 @@ class NewBiePipeline:
             raise ConfigError(f"prompt: {exc}") from None
         return layout, apply_escapes(negative, settings.prompt_escapes)
 
-    @staticmethod
-    def _decode_tile(latents: torch.Tensor) -> int | None:
-        """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend)."""
+    def _decode_tile(self, latents: torch.Tensor) -> int | None:
+        """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend); profiles tile sooner."""
+        profile_tile = self.profile.vae_tile if self.profile is not None else None
+        if profile_tile and max(latents.shape[-2:]) > profile_tile:
+            return profile_tile
         return None if latents.shape[-1] * latents.shape[-2] <= 256 * 256 else 128
+
+
+def default_compute_dtype(device) -> torch.dtype:
+    """bf16 on GPUs that have it, fp16 on those that do not (RTX 20xx, GTX 16xx, T4, V100), fp32 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def to_pil(pixels: torch.Tensor) -> list:

@@ -17,20 +17,21 @@ from collections.abc import Callable
 
 import torch
 
+from . import solvers
 from .errors import ConfigError
+from .solvers import SOLVERS  # noqa: F401  (the registry; re-exported for callers)
 
-SOLVERS = ("euler", "midpoint")
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def time_grid(steps: int, shift: float = 6.0) -> torch.Tensor:
     """``steps + 1`` increasing times from 0 to 1 (float64), shifted towards the noisy end."""
-    if steps < 1:
-        raise ConfigError(f"steps must be at least 1, got {steps}")
-    if shift <= 0:
-        raise ConfigError(f"shift must be positive, got {shift}")
-    t = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    return t / (t + shift - shift * t)
+    return solvers.time_grid(steps, shift)
+
+
+def solver_times(solver: str, steps: int, shift: float = 6.0) -> torch.Tensor:
+    """The grid the official code uses for ``solver`` (dpm starts at t = 0.001, the ODE solvers at 0)."""
+    return solvers.get_solver(solver).times(steps, shift)
 
 
 def guided_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, renorm: float = 0.0) -> torch.Tensor:
@@ -69,22 +70,10 @@ def integrate(
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Fixed-grid ODE integration of dx/dt = velocity(x, t) over ``times`` (state kept in float32)."""
-    if solver not in SOLVERS:
-        raise ConfigError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
-    x = x.float()
+    run = solvers.get_solver(solver).run
     steps = len(times) - 1
-    for i in range(steps):
-        t0, t1 = float(times[i]), float(times[i + 1])
-        dt = t1 - t0
-        if solver == "euler":
-            x = x + dt * velocity(x, t0).float()
-        else:
-            half = 0.5 * dt
-            x_mid = x + half * velocity(x, t0).float()
-            x = x + dt * velocity(x_mid, t0 + half).float()
-        if callback is not None:
-            callback(i + 1, steps, x)
-    return x
+    step_done = None if callback is None else (lambda i, xx, _x0: callback(i + 1, steps, xx))
+    return run(velocity, x, times, step_done)
 
 
 def initial_noise(batch: int, height: int, width: int, seed: int, channels: int = 16) -> torch.Tensor:
@@ -121,34 +110,13 @@ def guided_denoised(x, cond_denoised, uncond_denoised, sigma, scale: float, reno
     return x + sigma * guided_velocity(v_c, v_u, scale, renorm)
 
 
-@torch.no_grad()
-def sample_flow_midpoint(denoise, x, sigmas, callback=None):
-    """Official midpoint solver on a sigma grid (midpoint in t is the midpoint in sigma).
+def _sigma_sampler(name: str):
+    def sample(denoise, x, sigmas, callback=None):
+        return solvers.sample_sigmas(name, denoise, x, sigmas, callback)
 
-    ``denoise(x, sigma_batch) -> x0``; ``callback(i, x, denoised)`` after each step.
-    """
-    s_in = x.new_ones(x.shape[0])
-    for i in range(len(sigmas) - 1):
-        s0, s1 = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, s0 * s_in)
-        slope = (x - denoised) / s0
-        s_mid = 0.5 * (s0 + s1)
-        x_mid = x + slope * (s_mid - s0)
-        slope_mid = (x_mid - denoise(x_mid, s_mid * s_in)) / s_mid
-        x = x + slope_mid * (s1 - s0)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+    sample.__doc__ = f"Official {name} solver on a sigma grid; ``denoise(x, sigma_batch) -> x0``."
+    return sample
 
 
-@torch.no_grad()
-def sample_flow_euler(denoise, x, sigmas, callback=None):
-    """Official Euler solver on a sigma grid."""
-    s_in = x.new_ones(x.shape[0])
-    for i in range(len(sigmas) - 1):
-        s0, s1 = sigmas[i], sigmas[i + 1]
-        denoised = denoise(x, s0 * s_in)
-        x = x + (x - denoised) / s0 * (s1 - s0)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+sample_flow_euler = _sigma_sampler("euler")
+sample_flow_midpoint = _sigma_sampler("midpoint")

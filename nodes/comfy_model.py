@@ -16,6 +16,7 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.supported_models
 import comfy.utils
 import torch
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 
 from ..newbie_core.conventions import comfy_output_from_velocity, t_from_sigma
 from ..newbie_core.dit import NextDiT, NextDiTConfig
-from ..newbie_core.dit.attention import expand_kv_heads
+from ..newbie_core.dit.attention import expand_kv_heads, sdpa_attention, use_gqa_kernel
 from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
+from ..newbie_core.dit.layers import RMSNorm, rms_norm
 from ..newbie_core.weights import parse_dtype
 from . import regions as region_glue
 
@@ -47,12 +49,27 @@ _ATTENTION_TAKES_OPTIONS = _comfy_attention is not None and (
 WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
+def _dispatcher_takes_gqa() -> bool:
+    """Only core's PyTorch-SDPA and basic attention read ``enable_gqa``; sage/flash/xformers need expanded heads."""
+    try:
+        import comfy.ldm.modules.attention as attention_module
+    except ImportError:  # pragma: no cover
+        return False
+    return _comfy_attention is not None and _comfy_attention in (
+        getattr(attention_module, "attention_pytorch", None),
+        getattr(attention_module, "attention_basic", None),
+    )
+
+
 def _comfy_attention_fn(transformer_options):
-    """Our attention contract on top of ComfyUI's dispatcher (kv heads expanded, additive key mask)."""
+    """Our attention contract on top of ComfyUI's dispatcher (grouped kv heads where it can, additive key mask)."""
     extra = {"transformer_options": transformer_options} if _ATTENTION_TAKES_OPTIONS else {}
+    gqa = _dispatcher_takes_gqa() and "optimized_attention_override" not in transformer_options
 
     def attend(q, k, v, key_mask):
         heads = q.shape[1]
+        if gqa and use_gqa_kernel(key_mask) and k.shape[1] != heads:
+            return _comfy_attention(q, k, v, heads, None, skip_reshape=True, enable_gqa=True, **extra)
         k = expand_kv_heads(k, heads)
         v = expand_kv_heads(v, heads)
         mask = None
@@ -66,14 +83,39 @@ def _comfy_attention_fn(transformer_options):
     return attend
 
 
+def _with_casting_norm(operations):
+    """``operations`` plus an RMSNorm (our maths) whose weight goes through core's casting and low-VRAM patches."""
+    default_cast = bool(getattr(getattr(operations, "Linear", None), "comfy_cast_weights", False))
+
+    class NewBieRMSNorm(RMSNorm, comfy.ops.CastWeightBiasOp):
+        comfy_cast_weights = default_cast
+        bias = None
+
+        def forward(self, x, dtype=None):
+            if self.comfy_cast_weights or len(self.weight_function) > 0 or len(self.bias_function) > 0:
+                out_dtype = dtype or x.dtype
+                weight, bias, offload = comfy.ops.cast_bias_weight(self, x, dtype=out_dtype, offloadable=True)
+                y = rms_norm(x, weight, self.eps, out_dtype)
+                comfy.ops.uncast_bias_weight(self, weight, bias, offload)
+                return y
+            return super().forward(x, dtype)
+
+    return type("NewBieOperations", (operations,), {"NewBieRMSNorm": NewBieRMSNorm})
+
+
 class ComfyNextDiT(NextDiT):
     """Next-DiT with ComfyUI's forward contract: sigma in, ``-velocity`` out, odd latents padded."""
 
     def __init__(self, image_model=None, dtype=None, device=None, operations=None, **config):
-        super().__init__(NextDiTConfig.from_dict(config), operations=operations or torch.nn, device=device, dtype=dtype)
+        ops = _with_casting_norm(operations) if operations is not None else torch.nn
+        super().__init__(NextDiTConfig.from_dict(config), operations=ops, device=device, dtype=dtype)
         self.dtype = dtype
         self.in_channels = self.config.in_channels
         self.patch_size = self.config.patch_size
+
+    def activation_dtype(self, x):
+        """ComfyUI hands x in the inference dtype it chose (bf16, fp16 or fp32, also over fp8 storage)."""
+        return x.dtype
 
     def forward(self, x, timesteps, context, num_tokens=None, attention_mask=None, transformer_options={}, **kwargs):  # noqa: B006
         args = (x, timesteps, context, num_tokens, attention_mask, transformer_options)
@@ -102,7 +144,11 @@ class ComfyNextDiT(NextDiT):
         pad_h, pad_w = (-h) % p, (-w) % p
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
-        attention = _comfy_attention_fn(transformer_options) if _comfy_attention is not None else None
+        attention = None
+        if _comfy_attention is not None and getattr(self, "_compiled_block", None) is None:
+            attention = _comfy_attention_fn(transformer_options)
+        elif getattr(self, "_compiled_block", None) is not None:
+            attention = sdpa_attention  # one stable function: a per-call closure would make dynamo recompile
         regions = None
         if newbie_regions is not None:  # character regions (nodes/regions.py); uncond chunks stay unmasked
             regions = newbie_regions.for_call(timesteps, transformer_options.get("cond_or_uncond"))
@@ -167,7 +213,8 @@ class NewBieModelConfig(comfy.supported_models.Lumina2):
     sampling_settings = {"multiplier": 1.0, "shift": 6.0}
     latent_format = comfy.latent_formats.Flux
     memory_usage_factor = 1.4
-    supported_inference_dtypes = [torch.bfloat16, torch.float32]
+    #: fp16 too: our fp16 path keeps the residual stream in float32 (no black images on GPUs without bf16).
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
 
     def get_model(self, state_dict, prefix="", device=None):
         return NewBieModel(self, device=device)
@@ -178,7 +225,7 @@ def _torch_dtype(weight_dtype: str):
     return parse_dtype(weight_dtype.removesuffix("_fast"))
 
 
-def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
+def load_newbie_diffusion_model(path: str, weight_dtype: str = "default", compile_block: bool = False):
     """Checkpoint path -> ComfyUI ModelPatcher around :class:`NewBieModel` (ComfyUI's loading recipe)."""
     dtype = _torch_dtype(weight_dtype)
     _, prefix, config = open_transformer_checkpoint(path)  # validates keys/shapes, names bad files
@@ -212,5 +259,9 @@ def load_newbie_diffusion_model(path: str, weight_dtype: str = "default"):
         model.load_model_weights(sd, "", assign=patcher.is_dynamic())
     else:
         model.load_model_weights(sd, "")
+    if compile_block:
+        from ..newbie_core.dit.compile import compile_repeated_block
+
+        compile_repeated_block(model.diffusion_model)
     log.info("NewBie Next-DiT loaded: %s (%d layers, weights %s)", path, config.n_layers, dtype)
     return patcher

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import comfy.patcher_extension as pe
 import comfy.samplers
+import torch
 
-from ..newbie_core import sampling
+from ..newbie_core import sampling, solvers
 
 GUIDANCE_KEY = "newbie_official_cfg"
-NEWBIE_SAMPLERS = {"newbie_midpoint": sampling.sample_flow_midpoint, "newbie_euler": sampling.sample_flow_euler}
+SAMPLER_PREFIX = "newbie_"
+#: ComfyUI sampler name -> solver name in the registry (midpoint first: the official default).
+NEWBIE_SAMPLERS = {
+    SAMPLER_PREFIX + name: name for name in sorted(solvers.SOLVERS, key=lambda n: (n != "midpoint", n != "euler"))
+}
 OFFICIAL_SCHEDULER = "newbie_official"
 
 
@@ -59,7 +64,7 @@ def _ksampler_function(solver):
             if callback is not None:
                 callback({"x": xx, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
-        return solver(denoise, x, sigmas, step)
+        return solvers.sample_sigmas(solver, denoise, x, sigmas, step)
 
     return sample
 
@@ -70,13 +75,17 @@ def sampler_for(name: str):
     return comfy.samplers.sampler_object(name)
 
 
-def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0):
-    """Official shifted grid (shift read from the model, so ModelSampling nodes apply) or a stock schedule."""
+def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0, sampler_name: str = "newbie_midpoint"):
+    """Official shifted grid (shift read from the model, so ModelSampling nodes apply) or a stock schedule.
+
+    The official grid is the chosen solver's own (dpm's starts at t = 0.001, as the demo's).
+    """
     ms = model.get_model_object("model_sampling")
     total = steps if denoise >= 1.0 else max(int(steps / max(denoise, 1e-4)), steps)
     if scheduler == OFFICIAL_SCHEDULER:
         shift = float(getattr(ms, "shift", 6.0))
-        sigmas = sampling.official_sigmas(total, shift)
+        solver = NEWBIE_SAMPLERS.get(sampler_name, "midpoint")
+        sigmas = (1.0 - sampling.solver_times(solver, total, shift)).to(torch.float32)
     else:
         sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
     return sigmas[-(steps + 1) :]

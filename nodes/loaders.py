@@ -41,15 +41,22 @@ class NewBieDiTLoader(io.ComfyNode):
                     tooltip="Storage dtype of the weights. default: ComfyUI picks for your GPU (bf16 where supported). "
                     "fp8 halves memory; fp8_e4m3fn_fast also computes in fp8 on GPUs that support it.",
                 ),
+                io.Boolean.Input(
+                    "compile",
+                    default=False,
+                    optional=True,
+                    tooltip="torch.compile the repeated transformer block once (the first image pays the compile; "
+                    "later ones run faster). Uses PyTorch SDPA attention while compiled.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The diffusion model, ready for any stock sampler.")],
         )
 
     @classmethod
-    def execute(cls, unet_name: str, weight_dtype: str) -> io.NodeOutput:
+    def execute(cls, unet_name: str, weight_dtype: str, compile: bool = False) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         try:
-            patcher = load_newbie_diffusion_model(path, weight_dtype)
+            patcher = load_newbie_diffusion_model(path, weight_dtype, compile_block=bool(compile))
         except NewBieError as exc:
             raise ValueError(f"NewBie loader: {exc}") from None
         return io.NodeOutput(patcher)

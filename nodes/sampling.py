@@ -71,7 +71,8 @@ class NewBieSampler(io.ComfyNode):
                     "sampler_name",
                     options=sampler_names(),
                     default="newbie_midpoint",
-                    tooltip="newbie_midpoint / newbie_euler are the official solvers; the rest are ComfyUI's.",
+                    tooltip="newbie_midpoint / newbie_euler / newbie_rk4 / newbie_dpm are the official demo's solvers "
+                    "(dpm: one model call per step, midpoint two, rk4 four); the rest are ComfyUI's.",
                 ),
                 io.Combo.Input(
                     "scheduler",
@@ -114,7 +115,7 @@ class NewBieSampler(io.ComfyNode):
                 f"NewBie Sampler needs a 16-channel latent [batch, 16, h, w]; got shape {list(latent.shape)}"
             )
         guided = with_official_guidance(model, cfg_trunc, renorm)
-        sigmas = sigmas_for(guided, scheduler, steps, denoise)
+        sigmas = sigmas_for(guided, scheduler, steps, denoise, sampler_name)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(

@@ -69,7 +69,7 @@ def test_pipeline_sampling_matches_hand_written_cfg_loop(pipe):
     [
         (dict(width=100), "image size 100x1024 is impossible: width and height must be positive multiples of 16"),
         (dict(steps=0), "steps must be between 1 and 1000, got 0"),
-        (dict(solver="rk4"), "unknown solver 'rk4'; choose one of: euler, midpoint"),
+        (dict(solver="rk45"), "unknown solver 'rk45'; choose one of: euler, midpoint, rk4, dpm"),
     ],
 )
 def test_impossible_settings(pipe, kwargs, message):

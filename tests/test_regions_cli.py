@@ -201,3 +201,10 @@ def test_region_layers_reach_the_model(pipe):
     every = pipe.generate(small(prompt=WITH_REGION, region_layers="all"))
     plain = pipe.generate(small(prompt=TWO))
     assert not torch.equal(one.latents, every.latents) and not torch.equal(one.latents, plain.latents)
+
+
+def test_regions_work_with_the_step_cache(pipe):
+    ref = pipe.generate(small(prompt=WITH_REGION, steps=3))
+    assert torch.equal(pipe.generate(small(prompt=WITH_REGION, steps=3, step_cache=0.0)).latents, ref.latents)
+    cached = pipe.generate(small(prompt=WITH_REGION, steps=3, step_cache=0.5))
+    assert torch.isfinite(cached.latents).all()

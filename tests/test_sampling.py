@@ -99,7 +99,7 @@ def test_noise_is_batch_stable_and_seeded():
         (lambda: sampling.time_grid(0), "steps must be at least 1, got 0"),
         (
             lambda: sampling.integrate(lambda x, t: x, torch.zeros(1), torch.tensor([0.0, 1.0]), "rk45"),
-            "unknown solver 'rk45'; choose one of: euler, midpoint",
+            "unknown solver 'rk45'; choose one of: euler, midpoint, rk4, dpm",
         ),
     ],
 )

@@ -25,12 +25,17 @@ def expand_kv_heads(k: torch.Tensor, n_heads: int) -> torch.Tensor:
     return k if rep == 1 else k.repeat_interleave(rep, dim=1)
 
 
+def use_gqa_kernel(key_mask) -> bool:
+    """Grouped kv heads go straight to SDPA only without a mask: masked GQA would fall back to the math kernel."""
+    return _SDPA_HAS_GQA and key_mask is None
+
+
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
     """Default kernel: ``torch.nn.functional.scaled_dot_product_attention``."""
     b, h, s, d = q.shape
     mask = None if key_mask is None else key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask
     if k.shape[1] != h:
-        if _SDPA_HAS_GQA and mask is None:
+        if use_gqa_kernel(key_mask):
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
             return out.transpose(1, 2).reshape(b, s, h * d)
         k = expand_kv_heads(k, h)

@@ -209,11 +209,13 @@ def load_transformer(
     device="cpu",
     config: NextDiTConfig | None = None,
     operations=nn,
+    compute_dtype=None,
 ) -> NextDiT:
     """Load a NewBie Next-DiT from safetensors, reading tensors lazily and casting each as it is read.
 
     ``dtype``: None keeps the file's dtype; otherwise a torch dtype or "bf16"/"fp16"/"fp32"/"fp8_e4m3fn"...
-    The returned module computes in ``dtype`` (bf16 for fp8 storage) and is in eval mode.
+    The returned module computes in its parameters' dtype (bf16 for fp8 storage; ``compute_dtype``,
+    e.g. "fp16", overrides that) and follows later ``.to(dtype)``/``.half()``/``.float()``; eval mode.
     """
     target = parse_dtype(dtype)
     reader, prefix, config = open_transformer_checkpoint(path, config)
@@ -233,6 +235,5 @@ def load_transformer(
     finally:
         reader.close()
     model.load_state_dict(state, strict=True, assign=True)
-    weight_dtype = model.x_embedder.weight.dtype
-    model.compute_dtype = torch.bfloat16 if weight_dtype in FLOAT8_DTYPES else weight_dtype
+    model.compute_dtype = parse_dtype(compute_dtype)
     return model.eval().requires_grad_(False)

@@ -22,10 +22,12 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor 
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm as the official pure-PyTorch class computes it: normalise in float32, cast back, scale.
+    """RMSNorm as the official pure-PyTorch class computes it: normalise in float32, cast, scale.
 
-    The weight is cast to the activation's device and dtype on use, so hosts that keep
-    weights in another dtype (fp8, offloaded) still work.
+    ``dtype`` is the output dtype (default: the input's); the fp16 path uses it to read the
+    float32 residual stream and hand fp16 to the next matmul, or the reverse. The weight is cast
+    to the activation's device and dtype on use, so hosts that keep weights in another dtype
+    (fp8, offloaded) still work.
     """
 
     def __init__(self, dim: int, eps: float, device=None, dtype=None):
@@ -33,13 +35,34 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = upcast(x)
-        if _fused_rms_norm is not None:
-            normed = _fused_rms_norm(xf, (xf.shape[-1],), eps=self.eps)
-        else:  # torch < 2.4
-            normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight.to(device=x.device, dtype=x.dtype)
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The RMSNorm maths (normalise in float32 or better, cast to ``dtype``, scale); hosts call it with cast weights."""
+    dtype = dtype or x.dtype
+    weight = weight.to(device=x.device, dtype=dtype)
+    xf = upcast(x)
+    if _fused_rms_norm is None:  # torch < 2.4
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dtype) * weight
+    if xf.dtype == dtype:  # one kernel; bitwise equal to normalise-then-scale in float32/float64
+        return _fused_rms_norm(xf, (xf.shape[-1],), weight, eps)
+    return _fused_rms_norm(xf, (xf.shape[-1],), eps=eps).to(dtype) * weight
+
+
+def norm_class(operations) -> type:
+    """The RMSNorm to build: a host may supply a subclass (``operations.NewBieRMSNorm``) that casts like its ops."""
+    return getattr(operations, "NewBieRMSNorm", RMSNorm)
+
+
+def residual_dtype(compute: torch.dtype) -> torch.dtype:
+    """fp16 compute keeps the residual stream in float32: big DiTs grow activations past fp16's 65504."""
+    return torch.float32 if compute == torch.float16 else compute
+
+
+#: Per-token products above this are scaled down by a power of two before fp16's ``w2`` matmul.
+FP16_FFN_LIMIT = 1024.0
 
 
 def timestep_frequencies(
@@ -79,8 +102,9 @@ class JointAttention(nn.Module):
         self.qkv = operations.Linear(cfg.dim, qkv_out, bias=False, device=device, dtype=dtype)
         self.out = operations.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False, device=device, dtype=dtype)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+            norm = norm_class(operations)
+            self.q_norm = norm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
+            self.k_norm = norm(cfg.head_dim, cfg.qk_norm_eps, device=device, dtype=dtype)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
@@ -107,7 +131,14 @@ class FeedForward(nn.Module):
         self.w3 = operations.Linear(dim, hidden, bias=False, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if x.dtype != torch.float16:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # fp16: the gated product can pass 65504. Form it in float32, bring each token under the
+        # limit with an exact power-of-two scale, run w2 in fp16, undo the scale in float32.
+        product = F.silu(self.w1(x).float()) * self.w3(x).float()
+        peak = product.abs().amax(dim=-1, keepdim=True)
+        scale = torch.exp2(torch.ceil(torch.log2(peak / FP16_FFN_LIMIT)).clamp_min(0))
+        return self.w2((product / scale).half()).float() * scale
 
 
 class JointTransformerBlock(nn.Module):
@@ -117,10 +148,11 @@ class JointTransformerBlock(nn.Module):
         super().__init__()
         self.attention = JointAttention(cfg, operations, device, dtype)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, operations, device, dtype)
-        self.attention_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.ffn_norm1 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.attention_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
-        self.ffn_norm2 = RMSNorm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        norm = norm_class(operations)
+        self.attention_norm1 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm1 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.attention_norm2 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
+        self.ffn_norm2 = norm(cfg.dim, cfg.norm_eps, device=device, dtype=dtype)
         self.modulation = modulation
         if modulation:
             self.adaLN_modulation = nn.Sequential(
@@ -128,15 +160,19 @@ class JointTransformerBlock(nn.Module):
                 operations.Linear(cfg.adaln_dim, 4 * cfg.dim, bias=True, device=device, dtype=dtype),
             )
 
-    def forward(self, x, key_mask, freqs, c, attention: AttentionFn) -> torch.Tensor:
+    def forward(self, x, key_mask, freqs, c, attention: AttentionFn, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x`` is the residual stream; ``dtype`` the matmul dtype (default: the stream's)."""
+        dtype = dtype or x.dtype
         if self.modulation:
             scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=-1)
-            h = self.attention(self.attention_norm1(x) * (1 + scale_msa), key_mask, freqs, attention)
-            x = x + gate_msa.tanh() * self.attention_norm2(h)
-            h = self.feed_forward(self.ffn_norm1(x) * (1 + scale_mlp))
-            return x + gate_mlp.tanh() * self.ffn_norm2(h)
-        x = x + self.attention_norm2(self.attention(self.attention_norm1(x), key_mask, freqs, attention))
-        return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
+            h = self.attention(self.attention_norm1(x, dtype) * (1 + scale_msa), key_mask, freqs, attention)
+            x = x + gate_msa.tanh() * self.attention_norm2(h, x.dtype)
+            h = self.feed_forward(self.ffn_norm1(x, dtype) * (1 + scale_mlp))
+            return x + gate_mlp.tanh() * self.ffn_norm2(h, x.dtype)
+        x = x + self.attention_norm2(
+            self.attention(self.attention_norm1(x, dtype), key_mask, freqs, attention), x.dtype
+        )
+        return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x, dtype)), x.dtype)
 
 
 class FinalLayer(nn.Module):
@@ -153,7 +189,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         scale = self.adaLN_modulation(c).unsqueeze(1)
         x = F.layer_norm(x, (x.shape[-1],), eps=1e-6) * (1 + scale)
-        return self.linear(x)
+        return self.linear(x.to(c.dtype))
 
 
 class CastingLinear(nn.Linear):

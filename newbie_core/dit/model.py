@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..weights import FLOAT8_DTYPES
 from .attention import sdpa_attention
 from .config import NextDiTConfig
-from .layers import AttentionFn, FinalLayer, JointTransformerBlock, RMSNorm, TimestepEmbedder
+from .layers import AttentionFn, FinalLayer, JointTransformerBlock, TimestepEmbedder, norm_class, residual_dtype
 from .rope import rope_frequencies
 
 
@@ -28,9 +29,13 @@ class NextDiT(nn.Module):
         cfg = config
         self.config = cfg
         self.attention = attention
-        #: Activations are computed in this dtype when set; None means "the dtype of x".
+        #: Matmuls run in this dtype when set; None follows the parameters (bf16 for fp8 storage).
         self.compute_dtype: torch.dtype | None = None
+        #: Optional ``run(blocks, x, *args)`` that replaces the main-layer loop (weight streaming, step cache).
+        self.layer_runner = None
+        self._rope_cache: dict = {}
         ops = dict(operations=operations, device=device, dtype=dtype)
+        RMSNorm = norm_class(operations)  # noqa: N806
 
         self.x_embedder = operations.Linear(cfg.patch_features, cfg.dim, bias=True, device=device, dtype=dtype)
         self.t_embedder = TimestepEmbedder(cfg.adaln_dim, **ops)
@@ -61,6 +66,24 @@ class NextDiT(nn.Module):
         self.final_layer = FinalLayer(cfg, **ops)
 
     # ------------------------------------------------------------------ helpers
+    def _rope(self, key, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """RoPE tables, reused across sampling steps (positions only depend on the shapes and caption lengths)."""
+        key = (key, positions.device, dtype)
+        table = self._rope_cache.get(key)
+        if table is None:
+            if len(self._rope_cache) >= 12:
+                self._rope_cache.clear()
+            table = rope_frequencies(positions, self.config.axes_dims, self.config.rope_theta, dtype)
+            self._rope_cache[key] = table
+        return table
+
+    def activation_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The matmul dtype: ``compute_dtype`` if set, else the parameters' (fp8 storage computes in bf16)."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        weight = self.x_embedder.weight
+        return torch.bfloat16 if weight.dtype in FLOAT8_DTYPES else weight.dtype
+
     def _check_inputs(self, x, cap_feats, cap_mask, clip_text_pooled):
         cfg = self.config
         if x.ndim != 4:
@@ -130,7 +153,8 @@ class NextDiT(nn.Module):
         attention = attention or self.attention
         cfg = self.config
         out_dtype = x.dtype
-        dtype = self.compute_dtype or x.dtype
+        dtype = self.activation_dtype(x)
+        stream = residual_dtype(dtype)  # float32 under fp16 compute
         x = x.to(dtype)
         b, _, h, w = x.shape
         device = x.device
@@ -162,16 +186,18 @@ class NextDiT(nn.Module):
             [cap_lens[:, None].expand(b, n_img), rows.expand(b, n_img), cols.expand(b, n_img)], dim=-1
         )
 
-        cap = self.cap_embedder(cap_feats.to(dtype))
+        # Gemma states can exceed fp16's range: the input norm reads them in the stream dtype
+        cap = self.cap_embedder[1](self.cap_embedder[0](cap_feats.to(stream), dtype)).to(stream)
         rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        cap_freqs = rope_frequencies(cap_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        shape_key = (b, n_cap, grid_h, grid_w, tuple(cap_lens.tolist()) if padded else None)
+        cap_freqs = self._rope(("cap", shape_key), cap_pos, rope_dtype)
         for block in self.context_refiner:
-            cap = block(cap, cap_valid, cap_freqs, None, attention)
+            cap = block(cap, cap_valid, cap_freqs, None, attention, dtype)
 
-        img = self.x_embedder(self.patchify(x))
-        img_freqs = rope_frequencies(img_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        img = self.x_embedder(self.patchify(x)).to(stream)
+        img_freqs = self._rope(("img", shape_key), img_pos, rope_dtype)
         for block in self.noise_refiner:
-            img = block(img, None, img_freqs, c, attention)
+            img = block(img, None, img_freqs, c, attention, dtype)
 
         if padded:
             joint, joint_pos, key_mask, img_index = self._join_padded(cap, img, cap_pos, img_pos, cap_lens)
@@ -179,13 +205,21 @@ class NextDiT(nn.Module):
             joint = torch.cat([cap, img], dim=1)
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
-        freqs = rope_frequencies(joint_pos, cfg.axes_dims, cfg.rope_theta, rope_dtype)
+        freqs = self._rope(("joint", shape_key), joint_pos, rope_dtype)
         region_bias = None
         if regions is not None:
             region_bias = regions.joint_bias(cap_lens, grid_h, grid_w, joint.shape[1], dtype, device)
-        for i, block in enumerate(self.layers):
-            mask = key_mask if region_bias is None or not regions.applies_to_layer(i) else region_bias
-            joint = block(joint, mask, freqs, c, attention)
+        if region_bias is not None and regions.settings.layers is not None:  # regions on some layers only
+            for i, block in enumerate(self.layers):
+                mask = region_bias if regions.applies_to_layer(i) else key_mask
+                joint = block(joint, mask, freqs, c, attention, dtype)
+        else:
+            mask = key_mask if region_bias is None else region_bias
+            if self.layer_runner is not None:
+                joint = self.layer_runner(self.layers, joint, mask, freqs, c, attention, dtype)
+            else:
+                for block in self.layers:
+                    joint = block(joint, mask, freqs, c, attention, dtype)
 
         if img_index is None:
             img_tokens = joint[:, n_cap:]

@@ -34,7 +34,13 @@ def rope_frequencies(
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (2m, 2m+1) of ``x`` [B, H, S, D] as complex numbers; math in float32 or better.
 
-    ``freqs`` is [B, S, D // 2] complex and shared by every head.
+    ``freqs`` is [B, S, D // 2] complex and shared by every head. Eager runs one complex multiply;
+    under ``torch.compile`` (no complex codegen) the same products are written in real arithmetic,
+    which gives bitwise the same result and fuses with its neighbours.
     """
-    xc = torch.view_as_complex(upcast(x).unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * freqs[:, None]).flatten(-2).to(x.dtype)
+    pairs = upcast(x).unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():
+        cos, sin = freqs.real[:, None], freqs.imag[:, None]
+        even, odd = pairs[..., 0], pairs[..., 1]
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).to(x.dtype)
+    return torch.view_as_real(torch.view_as_complex(pairs) * freqs[:, None]).flatten(-2).to(x.dtype)
