@@ -2,34 +2,60 @@
 
 Without ``--models-dir`` both run the embedded tiny smoke-test model, so they work on a fresh
 machine with no downloads; with it they load the real NewBie files.
+
+Every flag is checked (``newbie_core.validation``) before any model file is opened. Mistakes end
+with one line ``error: ...`` and exit code 2, failures while running (a write that fails, out of
+memory) with one line and exit code 1, Ctrl-C with a line saying what was written (checked on
+disk) and exit code 130. ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
-import tempfile
 import time
+import traceback
+import unicodedata
 from datetime import datetime
 from pathlib import Path
 
-from .errors import NewBieError
-from .layout import RegionError
-from .solvers import SOLVERS
-from .xml_prompt import XMLPromptError, parse
+from . import validation
+from .defaults import MAX_SIDE, MAX_SIDE_LARGE, OFFICIAL, RANGES, TINY_SIZE
+from .errors import ConfigError, NewBieError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ...``) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .dtypes import dtype_names
+
     p.add_argument(
-        "--models-dir", help="ComfyUI models/ folder or the official HF folder; omit for the tiny smoke-test model"
+        "--models-dir",
+        help="ComfyUI models/ folder or the official HF folder; omit for the embedded tiny smoke-test model "
+        f"(random toy weights, not NewBie; {TINY_SIZE}x{TINY_SIZE} by default)",
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument(
-        "--dtype", default=None, help="weight dtype for real models: bf16, fp16 or fp32 (default: bf16 on GPU)"
+        "--dtype",
+        default=None,
+        help=f"weight dtype for real models: {', '.join(dtype_names())} (default: bf16 on GPU, fp32 on CPU; "
+        "what each means is listed below)",
     )
     p.add_argument(
         "--low-vram",
@@ -74,35 +100,52 @@ def _add_speed_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    from .solvers import SOLVERS
+    from .text.conditioning import PRESETS
+
+    o = OFFICIAL
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as the official demo)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (CPU generator, reproducible across devices)")
     p.add_argument(
-        "--steps", type=int, default=None, help="integration steps (official demo: 17 with midpoint = 18 grid points)"
+        "--seed",
+        type=int,
+        default=o.seed,
+        help=f"noise seed, 0 to 2^64-1 (default: {o.seed}; CPU noise, same on every device)",
     )
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument(
-        "--cfg-trunc", type=float, default=0.25, help="apply CFG only while t < this (t=0 is noise); 1 = always"
+        "--steps",
+        type=int,
+        default=o.steps,
+        help=f"integration steps (default: {o.steps}; with midpoint = the official demo's 18 grid points)",
+    )
+    p.add_argument("--cfg", type=float, default=o.cfg, help=f"classifier-free guidance scale (default: {o.cfg:g})")
+    p.add_argument(
+        "--cfg-trunc",
+        type=float,
+        default=o.cfg_trunc,
+        help=f"apply CFG only while t < this (t=0 is noise); 1 = always (default: {o.cfg_trunc:g})",
     )
     p.add_argument(
         "--renorm",
         type=float,
-        default=0.0,
-        help="cap the guided velocity norm at this times the conditional one (0 = off)",
+        default=o.renorm,
+        help=f"cap the guided velocity norm at this times the conditional one; 0 = off (default: {o.renorm:g})",
     )
     p.add_argument(
         "--solver",
         choices=list(SOLVERS),
-        default="midpoint",
-        help="; ".join(f"{s.name}: {s.summary}" for s in SOLVERS.values()),
+        default=o.solver,
+        help="; ".join(f"{s.name}: {s.summary}" for s in SOLVERS.values()) + f" (default: {o.solver})",
     )
-    p.add_argument("--shift", type=float, default=6.0, help="time shift of the schedule")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels, multiple of 16")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels, multiple of 16")
+    p.add_argument("--shift", type=float, default=o.shift, help=f"time shift of the schedule (default: {o.shift:g})")
+    size_help = f"multiple of 16, at most {MAX_SIDE} (default: {o.width}; {TINY_SIZE} for the embedded tiny model)"
+    p.add_argument("--width", type=int, default=None, help="image width in pixels, " + size_help)
+    p.add_argument("--height", type=int, default=None, help="image height in pixels, " + size_help)
+    p.add_argument("--allow-large", action="store_true", help=f"allow sides above {MAX_SIDE} (up to {MAX_SIDE_LARGE})")
     p.add_argument(
         "--system-prompt",
         default="auto",
-        choices=["auto", "xml", "tags", "negative", "none"],
-        help="system prompt given to Gemma (training format); auto picks xml or tags",
+        choices=[name for name in PRESETS if name != "custom"],
+        help="system prompt given to Gemma (training format); auto picks xml or tags (default: auto)",
     )
 
 
@@ -129,8 +172,9 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
 
 
 def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
-    """--region values, checked before any model loads; RegionError/ValueError says which one is wrong."""
-    from .layout import RegionError, parse_layers, parse_region_arg
+    """--region values, checked against the prompt before any model loads (ConfigError names the bad one)."""
+    from .layout import RegionError, parse_region_arg
+    from .xml_prompt import parse
 
     present = {c.index for c in parse(prompt).characters}
     out: dict[str, list[float]] = {}
@@ -138,23 +182,13 @@ def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
         try:
             index, box = parse_region_arg(value)
         except RegionError as exc:
-            raise RegionError(f"--region {value}: region {exc}") from None
+            raise ConfigError(f"--region {value}: region {exc}") from None
         if index not in present:
             have = ", ".join(f"character_{i}" for i in sorted(present)) or "no character blocks"
-            raise RegionError(f"--region {value}: the prompt has no <character_{index}> (it has {have})")
+            raise ConfigError(f"--region {value}: the prompt has no <character_{index}> (it has {have})")
         if f"character_{index}" in out:
-            raise RegionError(f"--region {value}: character_{index} is given twice")
+            raise ConfigError(f"--region {value}: character_{index} is given twice")
         out[f"character_{index}"] = box.as_list()
-    try:
-        parse_layers(getattr(args, "region_layers", "all"))
-    except RegionError as exc:
-        raise RegionError(f"--region-layers: {exc}") from None
-    for flag, value, low, high in (
-        ("--region-until", getattr(args, "region_until", 1.0), 0, 1),
-        ("--region-soft-edge", getattr(args, "region_soft_edge", 0.0), 0, 1000),
-    ):
-        if not low <= value <= high:
-            raise RegionError(f"{flag} {value} is outside {low}-{high}")
     return out
 
 
@@ -168,39 +202,64 @@ def _add_lora_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_loras(args, err) -> list | None:
-    """Every --lora parsed and its file validated before any model loads; None after printing the error."""
-    from .lora import parse_lora_arg
+def _epilog() -> str:
+    from .dtypes import help_text
 
-    loras = []
-    for text in args.lora:
-        try:
-            loras.append(parse_lora_arg(text))
-        except NewBieError as exc:
-            print(f"error: --lora {text}: {exc}", file=err)
-            return None
-    return loras
+    return (
+        f"Without --models-dir the embedded tiny smoke-test model runs ({TINY_SIZE}x{TINY_SIZE} by default;\n"
+        "random weights: its pictures are structured noise).\n"
+        "Exit codes: 0 done, 2 bad input (nothing loaded or written), 1 failure while running, 130 Ctrl-C.\n\n"
+        "--dtype on GPU and CPU:\n" + help_text()
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
+    parser = Parser(prog="python -m newbie_core", description="NewBie-image-Exp0.1 text-to-image")
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate one image")
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": _epilog()}
+    gen = sub.add_parser("generate", help="generate one image", **raw)
     src = gen.add_mutually_exclusive_group()
-    src.add_argument("--prompt", help="prompt text: XML, tags or natural language")
-    src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8)")
-    gen.add_argument("--output", help="PNG path (default: outputs/newbie_<time>_<seed>.png); never overwritten")
+    src.add_argument("--prompt", help="prompt text: XML, tags or natural language (default: a demo XML prompt)")
+    src.add_argument("--prompt-file", help="read the prompt from this file (UTF-8; a BOM is ignored)")
+    gen.add_argument(
+        "--output",
+        help="image path; .png, .jpg/.jpeg or .webp picks the format; an existing folder or a trailing / writes "
+        "newbie_<time>_<seed>.png into it (default: outputs/); never overwritten",
+    )
     _add_model_args(gen)
     _add_speed_args(gen)
     _add_sampling_args(gen)
     _add_region_args(gen)
     _add_lora_args(gen)
-    create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image")
+    _add_common_args(gen)
+    create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image", **raw)
     create.add_argument("--output-dir", default="outputs", help="parent of the timestamped session folder")
     _add_model_args(create)
     _add_speed_args(create)
     _add_sampling_args(create)
     _add_lora_args(create)
+    _add_common_args(create)
+    return parser
+
+
+#: GenerationSettings fields whose flag has another name.
+SETTING_FLAGS = {"negative_prompt": "--negative"}
+
+
+def flag_labels(parser: argparse.ArgumentParser, args) -> validation.Label:
+    """Setting/flag dest -> the flag users typed (``cfg_trunc`` -> ``--cfg-trunc``); other names unchanged."""
+    flags = dict(SETTING_FLAGS)
+    for action in _subparser(parser, args)._actions:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if longs:
+            flags[action.dest] = longs[0]
+    return lambda name: flags.get(name, name)
+
+
+def _subparser(parser, args):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[args.command]
     return parser
 
 
@@ -217,21 +276,81 @@ DEMO_PROMPT = """<character_1>
 </general_tags>"""
 
 
-def _load_pipeline(args, out, loras=()):
-    import torch
+# ------------------------------------------------------------------------------ checks before any loading
 
+
+@validation.arg_check
+def _check_models_dir(args, label):
+    if getattr(args, "models_dir", None):
+        path = Path(args.models_dir).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{label('models_dir')} {args.models_dir}: no such folder")
+        args.models_dir = str(path)
+
+
+@validation.arg_check
+def _check_device_and_dtype(args, label):
+    from .dtypes import parse_dtype
+
+    args.device = str(validation.device(label("device"), args.device))
+    try:
+        parse_dtype(args.dtype)
+    except ConfigError as exc:
+        raise ConfigError(f"{label('dtype')}: {exc}") from None
+
+
+@validation.arg_check
+def _check_loras(args, label):
+    """Every --lora parsed and its file validated before any model loads; kept as ``args.lora_files``."""
+    from .lora import parse_lora_arg
+
+    args.lora_files = []
+    for text in getattr(args, "lora", None) or []:
+        try:
+            args.lora_files.append(parse_lora_arg(text))
+        except NewBieError as exc:
+            raise ConfigError(f"{label('lora')} {text}: {exc}") from None
+
+
+def read_prompt_file(label: str, value) -> str:
+    path = validation.existing_file(label, value)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")  # a BOM is dropped with the other prompt checks
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{label} {value}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
+def checked_prompt(label: str, text: str, err) -> str:
+    text, warnings = validation.prompt_text(label, text)
+    for w in warnings:
+        print(f"warning: {w}", file=err)
+    if not text.strip():
+        print(f"warning: {label} is empty: the image is not guided by any text", file=err)
+    return text
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _load_pipeline(args, out, loras=()):
     from .pipeline import NewBiePipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.models_dir:
         print(f"loading NewBie models from {args.models_dir} ...", file=out)
         pipe = NewBiePipeline.from_models_dir(
-            args.models_dir, device=device, dtype=args.dtype, offload_text_encoders=args.low_vram, vram=args.vram
+            args.models_dir,
+            device=args.device,
+            dtype=args.dtype,
+            offload_text_encoders=args.low_vram,
+            vram=args.vram,
         )
         tiny = False
     else:
         print("no --models-dir given: using the embedded tiny smoke-test model (random weights, not NewBie)", file=out)
-        pipe, tiny = NewBiePipeline.tiny(device=device), True
+        pipe, tiny = NewBiePipeline.tiny(device=args.device), True
         if args.vram:
             from .memory import apply_profile, get_profile
 
@@ -252,21 +371,22 @@ def _speed_options(pipe, args):
 def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: dict | None = None):
     from .pipeline import GenerationSettings
 
-    size = 64 if tiny else 1024
+    size = TINY_SIZE if tiny else OFFICIAL.width
     return GenerationSettings(
         prompt=prompt,
         negative_prompt=args.negative,
         seed=args.seed,
-        steps=steps or args.steps or 17,
+        steps=args.steps if steps is None else steps,
         cfg=args.cfg,
         cfg_trunc=args.cfg_trunc,
         renorm=args.renorm,
         solver=args.solver,
         shift=args.shift,
-        width=args.width or size,
-        height=args.height or size,
+        width=size if args.width is None else args.width,
+        height=size if args.height is None else args.height,
         system_prompt=args.system_prompt,
-        regions=regions or None,
+        allow_large=args.allow_large,
+        regions=getattr(args, "region_boxes", None) or None,
         region_outside=getattr(args, "region_outside", "shared"),
         region_until=getattr(args, "region_until", 1.0),
         region_soft_edge=getattr(args, "region_soft_edge", 0.0),
@@ -293,153 +413,206 @@ class Progress:
             print(line, file=self.out)
 
 
-def validate_prompt(prompt: str) -> list[str]:
-    """Raises XMLPromptError for malformed XML; returns warnings as text."""
-    return [str(w) for w in parse(prompt).warnings]
-
-
-def write_png(result, path: Path) -> Path:
-    """Write atomically (temp file + rename) and refuse to overwrite: nothing is ever half-written or lost."""
-    from PIL.PngImagePlugin import PngInfo
-
+def write_image(result, target: validation.OutputTarget) -> Path:
+    """Atomic, never overwriting, format from the target (see ``newbie_core.image_files``)."""
+    from . import image_files
     from .pipeline import png_metadata
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    for key, value in png_metadata(result).items():
-        info.add_itxt(key, value)
-    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            result.images[0].save(fh, format="PNG", pnginfo=info)
-        os.link(tmp, path)  # fails if path exists: no overwrite, even in a race
-    finally:
-        os.unlink(tmp)
-    return path
+    return image_files.save(result.images[0], target, png_metadata(result))
 
 
-def cmd_generate(args, out, err) -> int:
+def interrupted_message(path: Path | None, nothing: str = "interrupted before any image was written") -> str:
+    """What Ctrl-C left behind, read from the disk rather than assumed (``nothing``: when no path was chosen)."""
+    if path is None:
+        return nothing
+    if path.is_file():
+        return f"interrupted; {path} had been written completely"
+    return f"interrupted; nothing was written ({path} does not exist)"
+
+
+def _default_name(seed: int) -> str:
+    return f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{seed}.png"
+
+
+def cmd_generate(args, out, err, label) -> int:
     if args.prompt_file:
-        try:
-            prompt = Path(args.prompt_file).read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: cannot read prompt file {args.prompt_file}: {exc}", file=err)
-            return EXIT_BAD_INPUT
+        prompt = read_prompt_file(label("prompt_file"), args.prompt_file)
+        prompt = checked_prompt(f"prompt file {args.prompt_file}", prompt, err)
     else:
-        prompt = args.prompt if args.prompt is not None else DEMO_PROMPT
+        prompt = checked_prompt("prompt", DEMO_PROMPT if args.prompt is None else args.prompt, err)
+    if args.negative:
+        args.negative = validation.prompt_text(label("negative"), args.negative)[0]
+    args.region_boxes = _region_overrides(args, prompt)
+    _settings(args, prompt, tiny=not args.models_dir).validate(label)
+    validation.check_args(args, label)
+    target = validation.output_target(label("output"), args.output or "outputs/", _default_name(args.seed))
     try:
-        for w in validate_prompt(prompt):
-            print(f"warning: prompt {w}", file=err)
-    except XMLPromptError as exc:
-        print(f"error: prompt {exc}", file=err)
-        return EXIT_BAD_INPUT
-    try:
-        regions = _region_overrides(args, prompt)
-    except RegionError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_BAD_INPUT
-    output = (
-        Path(args.output) if args.output else Path("outputs") / f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{args.seed}.png"
-    )
-    if output.exists():
-        print(f"error: {output} already exists; choose another --output", file=err)
-        return EXIT_BAD_INPUT
-    loras = _check_loras(args, err)
-    if loras is None:
-        return EXIT_BAD_INPUT
-    try:
-        pipe, tiny = _load_pipeline(args, out, loras)
-        settings = _settings(args, prompt, tiny, regions=regions)
-        settings.validate()
-        result = pipe.generate(settings, progress=Progress(err))
-        write_png(result, output)
+        pipe, tiny = _load_pipeline(args, out, args.lora_files)
+        result = pipe.generate(_settings(args, prompt, tiny), progress=Progress(err))
+        write_image(result, target)
         print(result.memory.report(), file=err)
-    except (NewBieError, FileExistsError) as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_BAD_INPUT
-    print(f"wrote {output}", file=out)
+        print(f"wrote {target.path}", file=out)
+    except KeyboardInterrupt:
+        print("\n" + interrupted_message(target.path), file=err)
+        return EXIT_INTERRUPTED
     return 0
 
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# ------------------------------------------------------------------------------ create
+
+_FORBIDDEN = set('/\\:*?"<>|')
 
 
-def _unique(folder: Path, stem: str) -> Path:
-    path = folder / f"{stem}.png"
+def file_name(answer: str, default: str = "image") -> tuple[str, str]:
+    """(stem, extension) from a typed name: known image extensions kept, others get .png; any script kept.
+
+    Spaces and characters some file system refuses (``/ \\ : * ? " < > |``, control characters) become ``_``;
+    characters the file system's encoding cannot store become ``_`` too.
+    """
+    name = unicodedata.normalize("NFC", answer.strip())
+    name = "".join("_" if c in _FORBIDDEN or unicodedata.category(c).startswith("C") else c for c in name)
+    name = re.sub(r"\s+", "_", name)
+    name = name.strip(" .") or default
+    stem, ext = os.path.splitext(name)
+    if ext.lower() not in validation.IMAGE_FORMATS or not stem.strip(" ."):
+        stem, ext = name, ".png"
+    encoding = sys.getfilesystemencoding()
+    stem = "".join(c if _encodable(c, encoding) else "_" for c in stem)
+    while len(stem.encode(encoding, "replace")) > 200:  # room for _N and the extension under 255 bytes
+        stem = stem[:-1]
+    return stem, ext.lower()
+
+
+def _encodable(c: str, encoding: str) -> bool:
+    try:
+        c.encode(encoding)
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _unique(folder: Path, stem: str, ext: str = ".png") -> Path:
+    path = folder / f"{stem}{ext}"
     n = 1
     while path.exists():
-        path = folder / f"{stem}_{n}.png"
+        path = folder / f"{stem}_{n}{ext}"
         n += 1
     return path
 
 
-def cmd_create(args, inp, out, err) -> int:
-    session = Path(args.output_dir) / datetime.now().strftime("%Y%m%d-%H%M%S")
+def cmd_create(args, inp, out, err, label) -> int:
+    root = Path(args.output_dir).expanduser()
+    validation.writable_folder(label("output_dir"), root)
+    _settings(args, "", tiny=not args.models_dir).validate(label)
+    validation.check_args(args, label)
+    session = root / datetime.now().strftime("%Y%m%d-%H%M%S")
     pipe = tiny = None
-    loras = _check_loras(args, err)
-    if loras is None:
-        return EXIT_BAD_INPUT
 
     def ask(question: str) -> str | None:
         print(question, end="", file=out, flush=True)
         line = inp.readline()
-        return None if line == "" else line.rstrip("\n")
+        return None if line == "" else line.rstrip("\r\n")
 
     print("NewBie create: type a prompt (XML, tags or text), finish with an empty line; 'quit' to leave.", file=out)
-    while True:
-        lines = []
-        first = ask("prompt> ")
-        if first is None or first.strip().lower() in ("quit", "exit", "q"):
-            break
-        while first is not None and first != "":
-            lines.append(first)
-            first = ask("...> ")
-        prompt = "\n".join(lines)
-        if not prompt.strip():
-            continue
-        try:
-            for w in validate_prompt(prompt):
-                print(f"warning: {w}", file=out)
-        except XMLPromptError as exc:
-            print(f"XML error: {exc}. Please fix the prompt and enter it again.", file=out)
-            continue
-        name = ask("file name [image]: ")
-        if name is None:
-            break
-        stem = _SAFE_NAME.sub("_", name.strip()).strip("._") or "image"
-        steps_text = ask(f"steps [{args.steps or 17}]: ")
-        if steps_text is None:
-            break
-        try:
-            steps = int(steps_text) if steps_text.strip() else None
-            if steps is not None and not 1 <= steps <= 1000:
-                raise ValueError
-        except ValueError:
-            print(f"steps must be a whole number from 1 to 1000, not {steps_text!r}; prompt discarded", file=out)
-            continue
-        try:
-            if pipe is None:
-                pipe, tiny = _load_pipeline(args, out, loras)
-            result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
-            path = write_png(result, _unique(session, stem))
-        except NewBieError as exc:
-            print(f"error: {exc}", file=out)
-            continue
-        print(f"wrote {path}", file=out)
+    try:
+        while True:
+            lines = []
+            first = ask("prompt> ")
+            if first is None or first.strip().lower() in ("quit", "exit", "q"):
+                break
+            while first is not None and first != "":
+                lines.append(first)
+                first = ask("...> ")
+            prompt = "\n".join(lines).removeprefix("\ufeff")
+            if not prompt.strip():
+                continue
+            try:
+                prompt = checked_prompt("prompt", prompt, out)
+            except ConfigError as exc:
+                print(
+                    f"XML error: {str(exc).removeprefix('prompt ')}. Please fix the prompt and enter it again.",
+                    file=out,
+                )
+                continue
+            name = ask("file name [image]: ")
+            if name is None:
+                break
+            stem, ext = file_name(name)
+            steps = None
+            while steps is None:
+                answer = ask(f"steps [{args.steps}]: ")
+                if answer is None:
+                    break
+                try:
+                    steps = validation.whole("steps", answer, RANGES["steps"]) if answer.strip() else args.steps
+                except ConfigError as exc:
+                    print(f"{exc}; please answer again (the prompt is kept)", file=out)
+            if steps is None:
+                break
+            path = None
+            try:
+                if pipe is None:
+                    pipe, tiny = _load_pipeline(args, out, args.lora_files)
+                result = pipe.generate(_settings(args, prompt, tiny, steps), progress=Progress(err))
+                path = _unique(session, stem, ext)
+                write_image(result, validation.OutputTarget(path, validation.IMAGE_FORMATS[ext]))
+            except KeyboardInterrupt:
+                print(
+                    "\n"
+                    + interrupted_message(path, "interrupted; this image was not written")
+                    + "; back to the prompt (Ctrl-C again to leave)",
+                    file=out,
+                )
+                continue
+            except NewBieError as exc:
+                print(f"error: {exc}; the session goes on", file=out)
+                continue
+            except Exception as exc:  # out of memory and the like: this image failed, the session survives
+                if args.debug:
+                    traceback.print_exc(file=err)
+                print(f"error: {_one_line(exc)}; the session goes on", file=out)
+                continue
+            print(f"wrote {path}", file=out)
+    except KeyboardInterrupt:
+        print("", file=out)
     print("bye", file=out)
     return 0
 
 
+# ------------------------------------------------------------------------------ entry point
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     inp, out, err = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error (already printed as one line)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    label = flag_labels(parser, args)
     try:
         if args.command == "generate":
-            return cmd_generate(args, out, err)
-        return cmd_create(args, inp, out, err)
+            return cmd_generate(args, out, err, label)
+        return cmd_create(args, inp, out, err, label)
     except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written for the unfinished image", file=err)
-        return 130
+        print("\n" + interrupted_message(None), file=err)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from .image_files import WriteError
+
+        if args.debug:
+            traceback.print_exc(file=err)
+        if isinstance(exc, WriteError):
+            print(f"error: {exc}", file=err)
+            return EXIT_FAILED
+        if isinstance(exc, NewBieError):
+            print(f"error: {exc}", file=err)
+            return EXIT_BAD_INPUT
+        print(f"error: {_one_line(exc)}" + ("" if args.debug else " (run with --debug for the traceback)"), file=err)
+        return EXIT_FAILED

@@ -12,32 +12,36 @@ from pathlib import Path
 import torch
 
 from . import regions as regions_mod
-from . import sampling
+from . import sampling, validation
+from .defaults import OFFICIAL
+from .dtypes import FLOAT8_DTYPES, parse_dtype, vae_dtype
 from .errors import CheckpointError, ConfigError
 from .file_kinds import LORA, UNKNOWN, classify, classify_path, refusal
-from .weights import PICKLE_SUFFIXES, TensorReader, parse_dtype, sharded_files
+from .weights import PICKLE_SUFFIXES, TensorReader, sharded_files
 
 log = logging.getLogger("newbie")
 
 
 @dataclass
 class GenerationSettings:
-    """Every knob of a generation; defaults are the official demo's (midpoint, 18 grid points, CFG 5, trunc 0.25)."""
+    """Every knob of a generation; defaults are the official recipe (``newbie_core.defaults.OFFICIAL``)."""
 
     prompt: str
     negative_prompt: str = ""
-    width: int = 1024
-    height: int = 1024
-    steps: int = 17
-    cfg: float = 5.0
-    cfg_trunc: float = 0.25
-    renorm: float = 0.0
-    solver: str = "midpoint"
-    shift: float = 6.0
-    seed: int = 0
+    width: int = OFFICIAL.width
+    height: int = OFFICIAL.height
+    steps: int = OFFICIAL.steps
+    cfg: float = OFFICIAL.cfg
+    cfg_trunc: float = OFFICIAL.cfg_trunc
+    renorm: float = OFFICIAL.renorm
+    solver: str = OFFICIAL.solver
+    shift: float = OFFICIAL.shift
+    seed: int = OFFICIAL.seed
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    #: Allow sides above MAX_SIDE (4096) up to MAX_SIDE_LARGE; off so a typo cannot start an hour-long run.
+    allow_large: bool = False
     #: Step cache threshold (0 = off): skip the main layers while the first block's residual barely changes.
     step_cache: float = 0.0
     #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
@@ -50,27 +54,9 @@ class GenerationSettings:
     region_layers: str = "all"  # main layers to mask, e.g. "0-17"
     keep_region_tags: bool = False
 
-    def validate(self) -> None:
-        if self.width % 16 or self.height % 16 or self.width < 16 or self.height < 16:
-            raise ConfigError(
-                f"image size {self.width}x{self.height} is impossible: width and height must be positive multiples of 16"
-            )
-        if self.width * self.height > 4096 * 4096:
-            raise ConfigError(f"image size {self.width}x{self.height} is too large (at most 4096x4096 pixels)")
-        if self.steps < 1 or self.steps > 1000:
-            raise ConfigError(f"steps must be between 1 and 1000, got {self.steps}")
-        if self.solver not in sampling.SOLVERS:
-            raise ConfigError(f"unknown solver {self.solver!r}; choose one of: {', '.join(sampling.SOLVERS)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be non-negative, got {self.seed}")
-        if not 0 <= self.step_cache <= 1:
-            raise ConfigError(f"step_cache must be between 0 and 1, got {self.step_cache}")
-        if self.prompt_escapes not in ("unescape", "literal"):
-            raise ConfigError(f"prompt_escapes must be unescape or literal, got {self.prompt_escapes!r}")
-        self.region_boxes()
-        self.region_settings()
+    def validate(self, label=validation.field_label) -> None:
+        """Raises ConfigError naming the first bad field (``label`` turns field names into e.g. CLI flags)."""
+        validation.check_settings(self, label)
 
     def region_boxes(self) -> dict:
         """``regions`` parsed: {character index: Box}; ConfigError names a bad entry."""
@@ -145,6 +131,7 @@ class NewBiePipeline:
         """The embedded smoke-test model (seeded random toy weights; see ``newbie_core.tiny``)."""
         from . import tiny
 
+        device = validation.device("device", device)
         pipe = cls(tiny.tiny_transformer(), tiny.tiny_text_encoders(), tiny.tiny_vae(), device=device, label=tiny.LABEL)
         return pipe.to(device)
 
@@ -152,25 +139,29 @@ class NewBiePipeline:
     def from_models_dir(
         cls, models_dir, device="cpu", dtype=None, offload_text_encoders=False, vram=None
     ) -> NewBiePipeline:
-        """Load real weights from a ComfyUI ``models/`` folder or the official HF layout.
+        """Load real weights from a ComfyUI ``models/`` folder or the official HF layout (``~`` is expanded).
 
-        ``vram`` (6, 8, 12 or 24 GB) applies a :mod:`newbie_core.memory` profile.
+        The device and dtype are checked before any file is opened. ``vram`` (6, 8, 12 or 24 GB) applies a
+        :mod:`newbie_core.memory` profile. The VAE decodes in fp32 for fp16 weights (fp16 overflows there) and
+        for bf16 on CPUs without native bf16 kernels (``dtypes.vae_dtype``).
         """
         from . import memory
         from .dit import load_transformer
         from .text import load_text_encoders
         from .vae import load_vae
 
+        device = validation.device("device", device)
         profile = memory.get_profile(vram)
-        found = find_model_files(models_dir)
         dtype = parse_dtype(dtype) or default_compute_dtype(device)
+        found = find_model_files(Path(str(models_dir)).expanduser())
         offload = offload_text_encoders or bool(profile and profile.offload_text_encoders)
         staged = "cpu" if profile and (profile.stream_dit or profile.stream_text_encoders) else device
         storage = (profile and profile.dit_storage) or dtype
-        transformer = load_transformer(found["transformer"], dtype=storage, device=staged, compute_dtype=dtype)
+        compute = torch.bfloat16 if dtype in FLOAT8_DTYPES else dtype  # fp8 is a storage format for the DiT only
+        transformer = load_transformer(found["transformer"], dtype=storage, device=staged, compute_dtype=compute)
         te_device = "cpu" if offload or staged == "cpu" else device
-        encoders = load_text_encoders(found["gemma"], found["jina"], dtype=dtype, device=te_device)
-        vae = load_vae(found["vae"], dtype=torch.float32 if dtype == torch.float16 else dtype, device=device)
+        encoders = load_text_encoders(found["gemma"], found["jina"], dtype=compute, device=te_device)
+        vae = load_vae(found["vae"], dtype=vae_dtype(dtype, device), device=device)
         pipe = cls(transformer, encoders, vae, device=device, offload_text_encoders=offload)
         if profile is not None:
             memory.apply_profile(pipe, profile)

@@ -355,3 +355,57 @@ def prompt_layout(
 
 def boxes_to_json(boxes: dict[int, Box]) -> dict[str, list[float]]:
     return {f"character_{i}": boxes[i].as_list() for i in sorted(boxes)}
+
+
+# ----------------------------------------------------------------------------- GenerationSettings checks
+# Registered with the shared validator, so the pipeline and every CLI command check region fields the same way.
+
+from . import validation  # noqa: E402
+from .defaults import Range  # noqa: E402
+from .errors import ConfigError  # noqa: E402
+
+
+def _layout_check(convert):
+    def check(value, label, _settings):
+        try:
+            convert(value)
+        except RegionError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+
+    return check
+
+
+def _boxes(value):
+    from .layout import parse_box, parse_character_name
+
+    for name, box in (value or {}).items():
+        try:
+            parse_character_name(name)
+            parse_box(box)
+        except RegionError as exc:
+            raise RegionError(f"{name} {exc}") from None
+
+
+def _layers(value):
+    from .layout import parse_layers
+
+    parse_layers(value)
+
+
+validation.setting_check("regions")(_layout_check(_boxes))
+validation.setting_check("region_layers")(_layout_check(_layers))
+
+
+@validation.setting_check("region_outside")
+def _outside(value, label, _settings):
+    validation.choice(label, value, OUTSIDE_POLICIES)
+
+
+@validation.setting_check("region_until")
+def _until(value, label, _settings):
+    validation.finite(label, value, Range(0.0, 1.0))
+
+
+@validation.setting_check("region_soft_edge")
+def _soft_edge(value, label, _settings):
+    validation.finite(label, value, Range(0.0, float(SCALE)))

@@ -19,6 +19,7 @@ import torch
 
 from . import solvers
 from .errors import ConfigError
+from .noise import seeded_normal
 from .solvers import SOLVERS  # noqa: F401  (the registry; re-exported for callers)
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -82,8 +83,7 @@ def initial_noise(batch: int, height: int, width: int, seed: int, channels: int 
         raise ConfigError(
             f"image size {width}x{height} is impossible: width and height must be positive multiples of 16"
         )
-    gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    return torch.randn(batch, channels, height // 8, width // 8, generator=gen, dtype=torch.float32)
+    return seeded_normal((batch, channels, height // 8, width // 8), seed)
 
 
 # ------------------------------------------------------------------ the same maths in sigma space

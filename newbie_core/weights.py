@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from .dtypes import FLOAT8_DTYPES, dtype_names, parse_dtype  # noqa: F401  (the dtype table lives there)
+from .errors import CheckpointError
 
 log = logging.getLogger("newbie")
 
@@ -39,44 +40,6 @@ _ST_DTYPES = {
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
     if hasattr(torch, _attr):
         _ST_DTYPES[_name] = getattr(torch, _attr)
-
-_DTYPE_ALIASES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "float": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-for _alias, _attr in (
-    ("fp8_e4m3fn", "float8_e4m3fn"),
-    ("float8_e4m3fn", "float8_e4m3fn"),
-    ("fp8_e5m2", "float8_e5m2"),
-    ("float8_e5m2", "float8_e5m2"),
-):
-    if hasattr(torch, _attr):
-        _DTYPE_ALIASES[_alias] = getattr(torch, _attr)
-
-FLOAT8_DTYPES = tuple(d for d in _DTYPE_ALIASES.values() if "float8" in str(d))
-
-
-def parse_dtype(value) -> torch.dtype | None:
-    """``None``/"default" -> None (keep the file's dtype); a torch dtype or a known name -> that dtype."""
-    if value is None or (isinstance(value, str) and value.lower() in ("default", "auto", "")):
-        return None
-    if isinstance(value, torch.dtype):
-        if value in _DTYPE_ALIASES.values():
-            return value
-        raise ConfigError(f"unsupported weight dtype {value}; choose one of: {', '.join(dtype_names())}")
-    if isinstance(value, str) and value.lower() in _DTYPE_ALIASES:
-        return _DTYPE_ALIASES[value.lower()]
-    raise ConfigError(f"unknown dtype {value!r}; choose one of: default, {', '.join(dtype_names())}")
-
-
-def dtype_names() -> list[str]:
-    return ["bf16", "fp16", "fp32"] + [n for n in ("fp8_e4m3fn", "fp8_e5m2") if n in _DTYPE_ALIASES]
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from ..newbie_core.conventions import comfy_output_from_velocity, t_from_sigma
+from ..newbie_core.defaults import OFFICIAL
 from ..newbie_core.dit import NextDiT, NextDiTConfig
 from ..newbie_core.dit.attention import expand_kv_heads, sdpa_attention, use_gqa_kernel
 from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
 from ..newbie_core.dit.layers import RMSNorm, rms_norm
-from ..newbie_core.weights import parse_dtype
+from ..newbie_core.dtypes import node_dtype_options, parse_dtype
 from . import regions as region_glue
 
 log = logging.getLogger("newbie")
@@ -46,7 +47,7 @@ _ATTENTION_TAKES_OPTIONS = _comfy_attention is not None and (
     or any(p.kind is p.VAR_KEYWORD for p in inspect.signature(_comfy_attention).parameters.values())
 )
 
-WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+WEIGHT_DTYPES = node_dtype_options()
 
 
 def _dispatcher_takes_gqa() -> bool:
@@ -210,7 +211,7 @@ class NewBieModelConfig(comfy.supported_models.Lumina2):
 
     unet_config = {"image_model": "newbie_native"}
     unet_extra_config = {}
-    sampling_settings = {"multiplier": 1.0, "shift": 6.0}
+    sampling_settings = {"multiplier": 1.0, "shift": OFFICIAL.shift}
     latent_format = comfy.latent_formats.Flux
     memory_usage_factor = 1.4
     #: fp16 too: our fp16 path keeps the residual stream in float32 (no black images on GPUs without bf16).

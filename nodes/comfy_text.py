@@ -15,6 +15,7 @@ import comfy.sd
 import comfy.supported_models_base
 import torch
 
+from ..newbie_core.dtypes import parse_dtype
 from ..newbie_core.text import GEMMA_MAX_TOKENS, apply_escapes
 from ..newbie_core.text.gemma import load_gemma
 from ..newbie_core.text.jina import load_jina
@@ -89,9 +90,8 @@ def load_newbie_clip(gemma_path: str, jina_path: str, dtype: str = "default", de
     """Both encoders (validated, lazily read) wrapped as a stock CLIP with ComfyUI's device management."""
     load_device = torch.device("cpu") if device == "cpu" else mm.text_encoder_device()
     offload_device = torch.device("cpu") if device == "cpu" else mm.text_encoder_offload_device()
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if dtype in names:
-        torch_dtype = names[dtype]
+    if parse_dtype(dtype) is not None:
+        torch_dtype = parse_dtype(dtype)
     elif load_device.type == "cpu" or not mm.should_use_bf16(load_device):
         torch_dtype = torch.float32
     else:

@@ -6,6 +6,7 @@ import logging
 
 import folder_paths
 
+from ..newbie_core.dtypes import node_dtype_options
 from ..newbie_core.errors import NewBieError
 from ..newbie_core.layout import RegionError
 from ..newbie_core.regions import check_regions
@@ -46,7 +47,7 @@ class NewBieTextEncoderLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "dtype",
-                    options=["default", "bf16", "fp16", "fp32"],
+                    options=node_dtype_options(include_fp8=False),
                     default="default",
                     tooltip="Weight dtype. default: bf16 on GPUs that support it, else fp32. fp16 can overflow in Gemma.",
                 ),

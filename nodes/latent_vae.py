@@ -7,6 +7,7 @@ import logging
 import comfy.model_management as mm
 import torch
 
+from ..newbie_core.defaults import OFFICIAL, SIZE_MULTIPLE
 from ._api import io, schema
 
 log = logging.getLogger("newbie")
@@ -46,10 +47,20 @@ class NewBieEmptyLatent(io.ComfyNode):
                     tooltip="Width x height the model was trained on; 'custom' uses the fields below.",
                 ),
                 io.Int.Input(
-                    "width", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."
+                    "width",
+                    default=OFFICIAL.width,
+                    min=16,
+                    max=8192,
+                    step=SIZE_MULTIPLE,
+                    tooltip="Used when resolution is custom.",
                 ),
                 io.Int.Input(
-                    "height", default=1024, min=16, max=8192, step=16, tooltip="Used when resolution is custom."
+                    "height",
+                    default=OFFICIAL.height,
+                    min=16,
+                    max=8192,
+                    step=SIZE_MULTIPLE,
+                    tooltip="Used when resolution is custom.",
                 ),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
             ],

@@ -7,6 +7,7 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
+from ..newbie_core.defaults import OFFICIAL, RANGES, SEED_LIMIT
 from ._api import io, schema
 from .comfy_sampling import (
     OFFICIAL_SCHEDULER,
@@ -16,6 +17,12 @@ from .comfy_sampling import (
     sigmas_for,
     with_official_guidance,
 )
+
+
+def _range(name: str) -> dict:
+    """Widget min/max from the one range table the standalone validator uses."""
+    return {"min": float(RANGES[name].lo), "max": float(RANGES[name].hi)}
+
 
 CFG_TRUNC_TIP = (
     "Official CFG truncation: guidance only while t < cfg_trunc (t = 0 is noise, 1 is the image); "
@@ -50,27 +57,31 @@ class NewBieSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "seed",
-                    default=0,
+                    default=OFFICIAL.seed,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=SEED_LIMIT - 1,
                     control_after_generate=True,
                     tooltip="Noise seed (noise is made on the CPU, so results match across devices).",
                 ),
                 io.Int.Input(
                     "steps",
-                    default=17,
-                    min=1,
-                    max=1000,
+                    default=OFFICIAL.steps,
+                    min=int(RANGES["steps"].lo),
+                    max=int(RANGES["steps"].hi),
                     tooltip="Integration steps. The official demo's 18 grid points with midpoint = 17 steps "
                     "(two model calls each).",
                 ),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Guidance scale."),
-                io.Float.Input("cfg_trunc", default=0.25, min=0.0, max=1.0, step=0.01, tooltip=CFG_TRUNC_TIP),
-                io.Float.Input("renorm", default=0.0, min=0.0, max=10.0, step=0.05, tooltip=RENORM_TIP),
+                io.Float.Input(
+                    "cfg", default=OFFICIAL.cfg, **_range("cfg"), step=0.1, round=0.01, tooltip="Guidance scale."
+                ),
+                io.Float.Input(
+                    "cfg_trunc", default=OFFICIAL.cfg_trunc, **_range("cfg_trunc"), step=0.01, tooltip=CFG_TRUNC_TIP
+                ),
+                io.Float.Input("renorm", default=OFFICIAL.renorm, **_range("renorm"), step=0.05, tooltip=RENORM_TIP),
                 io.Combo.Input(
                     "sampler_name",
                     options=sampler_names(),
-                    default="newbie_midpoint",
+                    default=f"newbie_{OFFICIAL.solver}",
                     tooltip="newbie_midpoint / newbie_euler / newbie_rk4 / newbie_dpm are the official demo's solvers "
                     "(dpm: one model call per step, midpoint two, rk4 four); the rest are ComfyUI's.",
                 ),
@@ -149,8 +160,10 @@ class NewBieOfficialCFG(io.ComfyNode):
             "truncation and velocity renormalisation.",
             inputs=[
                 io.Model.Input("model", tooltip="The NewBie MODEL to patch."),
-                io.Float.Input("cfg_trunc", default=0.25, min=0.0, max=1.0, step=0.01, tooltip=CFG_TRUNC_TIP),
-                io.Float.Input("renorm", default=0.0, min=0.0, max=10.0, step=0.05, tooltip=RENORM_TIP),
+                io.Float.Input(
+                    "cfg_trunc", default=OFFICIAL.cfg_trunc, **_range("cfg_trunc"), step=0.01, tooltip=CFG_TRUNC_TIP
+                ),
+                io.Float.Input("renorm", default=OFFICIAL.renorm, **_range("renorm"), step=0.05, tooltip=RENORM_TIP),
             ],
             outputs=[io.Model.Output(tooltip="The patched model.")],
         )

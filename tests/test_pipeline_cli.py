@@ -67,9 +67,9 @@ def test_pipeline_sampling_matches_hand_written_cfg_loop(pipe):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(width=100), "image size 100x1024 is impossible: width and height must be positive multiples of 16"),
+        (dict(width=100), "width must be a positive multiple of 16, got 100"),
         (dict(steps=0), "steps must be between 1 and 1000, got 0"),
-        (dict(solver="rk45"), "unknown solver 'rk45'; choose one of: euler, midpoint, rk4, dpm"),
+        (dict(solver="rk45"), "solver 'rk45' is not known; choose one of: euler, midpoint, rk4, dpm"),
     ],
 )
 def test_impossible_settings(pipe, kwargs, message):
@@ -119,7 +119,7 @@ def test_cli_prompt_file_and_impossible_size(tmp_path):
     pf.write_text("<caption>a dog</caption>", encoding="utf-8")
     code, _, err = run(["generate", "--prompt-file", str(pf), "--width", "50", "--output", str(tmp_path / "d.png")])
     assert code == 2
-    assert err.strip() == "error: image size 50x64 is impossible: width and height must be positive multiples of 16"
+    assert err.strip() == "error: --width must be a positive multiple of 16, got 50"
 
 
 def test_create_loop_validates_asks_and_never_overwrites(tmp_path):

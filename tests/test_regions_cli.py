@@ -155,7 +155,7 @@ def test_cli_region_is_deterministic_recorded_and_full_frame_is_a_no_op(tmp_path
          "use character_1, character_2, ..."),
         (["--region", "character_1=0,0,5,5", "--region", "character_1=0,0,9,9"],
          "error: --region character_1=0,0,9,9: character_1 is given twice"),
-        (["--region-soft-edge", "2000"], "error: --region-soft-edge 2000.0 is outside 0-1000"),
+        (["--region-soft-edge", "2000"], "error: --region-soft-edge must be between 0 and 1000, got 2000"),
         (["--region-layers", "5-2"], 'error: --region-layers: layers "5-2" must be layer numbers or ranges such as '
          "0-11,20 (or all)"),
     ],
@@ -177,8 +177,8 @@ def test_cli_bad_xml_region_is_positioned(tmp_path):
     code, _, stderr = run(["generate", "--prompt-file", str(prompt), "--output", str(tmp_path / "x.png")])
     assert code == 2
     assert stderr.strip() == (
-        "error: prompt line 4, column 11: <region> of <character_1> needs four numbers x0,y0,x1,y1 from 0 to 1000, "
-        'got "0,0,500"'
+        f"error: prompt file {prompt} line 4, column 11: <region> of <character_1> needs four numbers x0,y0,x1,y1 "
+        'from 0 to 1000, got "0,0,500"'
     )
     assert not (tmp_path / "x.png").exists()
 

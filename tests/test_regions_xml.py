@@ -42,8 +42,9 @@ def test_keep_tags_and_prompts_without_regions_are_untouched():
     plain = "\ufeff<character_1><n>a</n></character_1>"
     assert extract_regions(plain) == (plain, {})
     assert extract_regions("1girl, region") == ("1girl, region", {})
-    with pytest.raises(XMLPromptError, match="<region> is never closed"):
-        extract_regions("1girl, <region>")
+    assert extract_regions("1girl, <region>") == ("1girl, <region>", {})  # not XML: plain text
+    with pytest.raises(XMLPromptError, match="</character_1> closes <region>"):
+        extract_regions("<character_1><region>1,2,3,4</character_1>")
 
 
 def test_region_is_known_layout_data_and_survives_pretty():

@@ -207,7 +207,7 @@ def test_size_limit_message():
 
 def test_deep_nesting_names_the_tag():
     with pytest.raises(XMLPromptError, match=r"<a> is nested more than 16 levels deep"):
-        parse("<a>" * 40)
+        parse("<a>" * 40 + "</a>" * 40)
 
 
 def test_normalize_tags():

@@ -65,8 +65,21 @@ class Positions:
 
 
 def looks_like_xml(text: str) -> bool:
-    """True when the prompt contains at least one tag; plain tags and prose are passed through untouched."""
-    return _MARKUP.search(text) is not None
+    """True when the prompt is meant as XML: it uses a NewBie tag (``<character_1>``, ``<caption>``, ``<n>``...)
+    or closes some tag (``</x>``). Otherwise angle brackets are prose (``say <hello>``, ``<br>``) and the
+    prompt is plain text, passed through untouched (``stray_markup`` finds them for a warning)."""
+    from .schema import is_newbie_tag
+
+    for m in _MARKUP.finditer(text):
+        body = m.group(0)[1:].lstrip()
+        if body.startswith("/") or is_newbie_tag(_NAME.match(body).group(0)):
+            return True
+    return False
+
+
+def stray_markup(text: str) -> re.Match | None:
+    """The first tag-like ``<word>`` of a prompt that ``looks_like_xml`` reads as plain text."""
+    return _MARKUP.search(text)
 
 
 def decode(data: str | bytes) -> str:

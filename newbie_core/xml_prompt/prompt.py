@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..layout import RegionError, parse_box
-from .parser import Element, Positions, Text, XMLPromptError, decode, looks_like_xml, parse_tree
+from .parser import Element, Positions, Text, XMLPromptError, decode, looks_like_xml, parse_tree, stray_markup
 from .schema import (
     CHARACTER_FIELDS,
     CHARACTER_TAG,
@@ -60,7 +60,18 @@ def parse(text: str | bytes) -> StructuredPrompt:
     """
     text = decode(text)
     if not looks_like_xml(text):
-        return StructuredPrompt(plain=text)
+        prompt = StructuredPrompt(plain=text)
+        stray = stray_markup(text)
+        if stray is not None:
+            line, col = Positions(text)(stray.start())
+            prompt.warnings.append(
+                XMLPromptWarning(
+                    f"{stray.group(0)} is not a NewBie tag and no tag is closed, so the prompt is read as plain text",
+                    line,
+                    col,
+                )
+            )
+        return prompt
     pos = Positions(text)
     nodes = parse_tree(text)
     return _Reader(pos).read(nodes)

@@ -47,3 +47,15 @@ NATURAL_LANGUAGE_FIELDS = ("caption",)
 
 CHARACTER_TAG = re.compile(r"character_(\d+)\Z")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+
+
+def is_newbie_tag(name: str) -> bool:
+    """A tag NewBie prompts use (a section, a root, a character block or a field of one)."""
+    return (
+        name in CHARACTER_FIELDS
+        or name in GENERAL_FIELDS
+        or name in SECTIONS
+        or name in ROOTS
+        or name == "style"
+        or CHARACTER_TAG.match(name) is not None
+    )

@@ -509,3 +509,19 @@ def test_lora_node_agrees_with_core_loader_on_formats_core_knows(node_classes, t
         assert torch.allclose(got[name + ".weight"], want[name + ".weight"], atol=1e-6), name
         assert not torch.equal(got[name + ".weight"], params[name + ".weight"])
     mm.unload_all_models()
+
+
+def test_node_widget_defaults_read_the_official_recipe(node_classes):
+    """One source: the sampler's widget defaults/ranges are newbie_core.defaults, dtype lists the dtype table."""
+    from newbie_core.defaults import OFFICIAL, RANGES
+
+    inputs = {i.id: i for i in node_classes["NewBieSampler"].define_schema().inputs}
+    assert (inputs["steps"].default, inputs["cfg"].default, inputs["cfg_trunc"].default) == (17, 5.0, 0.25)
+    assert (inputs["renorm"].default, inputs["sampler_name"].default) == (0.0, "newbie_midpoint")
+    assert (inputs["steps"].default, inputs["cfg"].default) == (OFFICIAL.steps, OFFICIAL.cfg)
+    assert (inputs["cfg"].min, inputs["cfg"].max) == (RANGES["cfg"].lo, RANGES["cfg"].hi) == (0.0, 100.0)
+    assert (inputs["seed"].min, inputs["seed"].max) == (0, 2**64 - 1)
+    dtypes = {i.id: i for i in node_classes["NewBieDiTLoader"].define_schema().inputs}["weight_dtype"].options
+    assert dtypes == ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+    enc = {i.id: i for i in node_classes["NewBieTextEncoderLoader"].define_schema().inputs}["dtype"].options
+    assert enc == ["default", "bf16", "fp16", "fp32"]
