@@ -192,6 +192,55 @@ def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
     return out
 
 
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """Image to image, inpainting, the hires second pass, and re-running a PNG (newbie_core.img2img)."""
+    p.add_argument("--init-image", help="start from this image (img2img); its size is the default output size")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="how much of the schedule to run on the init image, 0..1 (1 = from noise; default 0.6, 1.0 with --mask)",
+    )
+    p.add_argument("--mask", help="inpaint mask for --init-image, same size; white = repaint, black = keep")
+    p.add_argument(
+        "--mask-feather", type=int, default=8, help="soft edge in pixels around the mask (pixels beyond stay exact)"
+    )
+    p.add_argument(
+        "--hires-scale", type=float, default=1.0, help="second pass at this times the size, e.g. 2 (1 = off)"
+    )
+    p.add_argument("--hires-strength", type=float, default=0.35, help="strength of the hires pass, 0..1")
+    p.add_argument("--hires-steps", type=int, default=None, help="steps of the hires pass (default: --steps)")
+    p.add_argument(
+        "--hires-mode",
+        choices=["pixel", "latent"],
+        default="pixel",
+        help="upscale the first result as pixels (through the VAE) or as latents",
+    )
+    p.add_argument(
+        "--from-png",
+        help="take the prompt and every setting from a PNG this tool wrote; other flags given override them",
+    )
+
+
+#: argparse destinations -> GenerationSettings fields they set (identity where not listed).
+_FIELD_OF_FLAG = {"negative": "negative_prompt", "prompt_file": "prompt", "region": "regions"}
+_NOT_SETTINGS = {"command", "output", "models_dir", "device", "dtype", "low_vram", "from_png", "output_dir", "lora"}
+
+
+def _explicit_flags(argv) -> set[str]:
+    """Destinations of the flags actually typed (parsing again with every default suppressed)."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
 def _add_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lora",
@@ -230,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_args(gen)
     _add_sampling_args(gen)
     _add_region_args(gen)
+    _add_image_args(gen)
     _add_lora_args(gen)
     _add_common_args(gen)
     create = sub.add_parser("create", help="interactive loop: prompt, file name, steps -> image", **raw)
@@ -368,11 +418,14 @@ def _speed_options(pipe, args):
     return pipe
 
 
-def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: dict | None = None):
+def _settings(args, prompt: str, tiny: bool, steps: int | None = None, base: dict | None = None, given=()):
+    """Settings from the flags; with ``base`` (a PNG's settings) only the flags in ``given`` override it."""
+    import dataclasses
+
     from .pipeline import GenerationSettings
 
     size = TINY_SIZE if tiny else OFFICIAL.width
-    return GenerationSettings(
+    from_flags = dict(
         prompt=prompt,
         negative_prompt=args.negative,
         seed=args.seed,
@@ -382,8 +435,8 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: 
         renorm=args.renorm,
         solver=args.solver,
         shift=args.shift,
-        width=size if args.width is None else args.width,
-        height=size if args.height is None else args.height,
+        width=args.width,
+        height=args.height,
         system_prompt=args.system_prompt,
         allow_large=args.allow_large,
         regions=getattr(args, "region_boxes", None) or None,
@@ -394,6 +447,51 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, regions: 
         keep_region_tags=getattr(args, "keep_region_tags", False),
         step_cache=args.step_cache,
     )
+    for name in ("init_image", "strength", "mask", "mask_feather", "hires_scale", "hires_strength", "hires_steps"):
+        if hasattr(args, name):
+            from_flags[name] = getattr(args, name)
+    if hasattr(args, "hires_mode"):
+        from_flags["hires_mode"] = args.hires_mode
+    if base is None:
+        values = from_flags
+    else:
+        known = {f.name for f in dataclasses.fields(GenerationSettings)}
+        values = {k: v for k, v in base.items() if k in known}
+        for dest in given:
+            field = _FIELD_OF_FLAG.get(dest, dest)
+            if dest not in _NOT_SETTINGS and field in from_flags:
+                values[field] = from_flags[field]
+        if "steps" in given:
+            values["steps"] = from_flags["steps"]
+    if values.get("width") is None or values.get("height") is None:
+        default = (size, size)
+        if values.get("init_image"):
+            from . import img2img
+
+            default = img2img.default_size(img2img.image_size(values["init_image"], img2img.flag_label))
+        values["width"] = default[0] if values.get("width") is None else values["width"]
+        values["height"] = default[1] if values.get("height") is None else values["height"]
+    return GenerationSettings(**values)
+
+
+def _png_base(path: str, err, flag: str = "--from-png") -> dict:
+    """A PNG's settings for --from-png, with a warning for any field this version does not know."""
+    import dataclasses
+
+    from .pipeline import GenerationSettings
+    from .png_runs import cli_settings
+
+    try:
+        meta = cli_settings(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag} {exc}") from None
+    known = {f.name for f in dataclasses.fields(GenerationSettings)} | {"model", "loras"}
+    unknown = sorted(set(meta) - known)
+    if unknown:
+        print(
+            f"warning: --from-png {path}: ignoring settings this version does not know: {', '.join(unknown)}", file=err
+        )
+    return meta
 
 
 class Progress:
@@ -421,6 +519,19 @@ def write_image(result, target: validation.OutputTarget) -> Path:
     return image_files.save(result.images[0], target, png_metadata(result))
 
 
+def _warn_if_made_differently(png, base: dict, pipe, err) -> None:
+    """--from-png: say so when the model or the LoRAs differ from the ones the PNG was made with."""
+    if base.get("model") and base["model"] != pipe.label:
+        print(f"warning: --from-png {png} was made with {base['model']}; this run uses {pipe.label}", file=err)
+    recorded, applied = base.get("loras", ""), ", ".join(pipe.loras)
+    if recorded != applied:
+        print(
+            f"warning: --from-png {png} was made with LoRAs [{recorded}], this run applies [{applied}] "
+            "(give the same files with --lora to reproduce it)",
+            file=err,
+        )
+
+
 def interrupted_message(path: Path | None, nothing: str = "interrupted before any image was written") -> str:
     """What Ctrl-C left behind, read from the disk rather than assumed (``nothing``: when no path was chosen)."""
     if path is None:
@@ -434,21 +545,41 @@ def _default_name(seed: int) -> str:
     return f"newbie_{datetime.now():%Y%m%d-%H%M%S}_{seed}.png"
 
 
-def cmd_generate(args, out, err, label) -> int:
+def cmd_generate(args, out, err, label, given=()) -> int:
+    from . import img2img
+
+    base = _png_base(args.from_png, err, label("from_png")) if args.from_png else None
     if args.prompt_file:
         prompt = read_prompt_file(label("prompt_file"), args.prompt_file)
         prompt = checked_prompt(f"prompt file {args.prompt_file}", prompt, err)
+    elif args.prompt is not None:
+        prompt = checked_prompt("prompt", args.prompt, err)
     else:
-        prompt = checked_prompt("prompt", DEMO_PROMPT if args.prompt is None else args.prompt, err)
+        prompt = checked_prompt("prompt", base["prompt"] if base is not None else DEMO_PROMPT, err)
     if args.negative:
         args.negative = validation.prompt_text(label("negative"), args.negative)[0]
     args.region_boxes = _region_overrides(args, prompt)
-    _settings(args, prompt, tiny=not args.models_dir).validate(label)
+    # everything about the input is checked before any model loads
+    settings = _settings(args, prompt, tiny=not args.models_dir, base=base, given=given)
+    settings.validate(label)
     validation.check_args(args, label)
-    target = validation.output_target(label("output"), args.output or "outputs/", _default_name(args.seed))
+    inputs = img2img.load_inputs(settings, img2img.flag_label)
+    if inputs is not None and inputs.source_size != (settings.width, settings.height):
+        w, h = inputs.source_size
+        print(
+            f"warning: --init-image {settings.init_image} is {w}x{h}; resized to {settings.width}x{settings.height}",
+            file=err,
+        )
+    if base is not None and settings.init_image and base.get("init_image") == settings.init_image:
+        recorded = base.get("init_image_sha256")
+        if recorded and recorded != img2img.file_sha256(settings.init_image):
+            print(f"warning: init image {settings.init_image} changed since that run; the result will differ", file=err)
+    target = validation.output_target(label("output"), args.output or "outputs/", _default_name(settings.seed))
     try:
-        pipe, tiny = _load_pipeline(args, out, args.lora_files)
-        result = pipe.generate(_settings(args, prompt, tiny), progress=Progress(err))
+        pipe, _ = _load_pipeline(args, out, args.lora_files)
+        if base is not None:
+            _warn_if_made_differently(args.from_png, base, pipe, err)
+        result = pipe.generate(settings, progress=Progress(err))
         write_image(result, target)
         print(result.memory.report(), file=err)
         print(f"wrote {target.path}", file=out)
@@ -598,7 +729,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     label = flag_labels(parser, args)
     try:
         if args.command == "generate":
-            return cmd_generate(args, out, err, label)
+            given = _explicit_flags(argv if argv is not None else sys.argv[1:]) if args.from_png else ()
+            return cmd_generate(args, out, err, label, given)
         return cmd_create(args, inp, out, err, label)
     except KeyboardInterrupt:
         print("\n" + interrupted_message(None), file=err)

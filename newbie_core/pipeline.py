@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from . import img2img, sampling, validation
 from . import regions as regions_mod
-from . import sampling, validation
 from .defaults import OFFICIAL
 from .dtypes import FLOAT8_DTYPES, parse_dtype, vae_dtype
 from .errors import CheckpointError, ConfigError
@@ -40,6 +40,16 @@ class GenerationSettings:
     batch_size: int = 1
     system_prompt: str = "auto"
     negative_system_prompt: str = "auto"
+    # image to image (newbie_core.img2img): init image, strength (None = its default), inpaint mask, hires pass
+    init_image: str | None = None
+    init_image_sha256: str | None = None
+    strength: float | None = None
+    mask: str | None = None
+    mask_feather: int = 8
+    hires_scale: float = 1.0
+    hires_strength: float = 0.35
+    hires_steps: int | None = None
+    hires_mode: str = "pixel"
     #: Allow sides above MAX_SIDE (4096) up to MAX_SIDE_LARGE; off so a typo cannot start an hour-long run.
     allow_large: bool = False
     #: Step cache threshold (0 = off): skip the main layers while the first block's residual barely changes.
@@ -204,6 +214,8 @@ class NewBiePipeline:
         self, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         settings.validate()
+        if settings.init_image:  # the PNG records which file it started from
+            settings = dataclasses.replace(settings, init_image_sha256=img2img.file_sha256(settings.init_image))
         from .dit.step_cache import StepCache
         from .memory import StageMemory
         from .text.conditioning import gemma_text
@@ -246,19 +258,28 @@ class NewBiePipeline:
         def velocity(x, t):
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
 
+        inputs = img2img.load_inputs(settings)
         noise = sampling.initial_noise(b, settings.height, settings.width, settings.seed).to(self.device)
-        times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
         callback = None if progress is None else (lambda i, n, _x: progress(i, n))
         saved_runner = dit.layer_runner
         if settings.step_cache > 0:
             dit.layer_runner = StepCache(settings.step_cache)
         try:
             with stages.stage("sample"):
-                latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+                if inputs is None:
+                    times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
+                    latents = sampling.integrate(velocity, noise, times, settings.solver, callback)
+                else:
+                    latents = self._from_image(inputs, noise, velocity, settings, callback)
+                if settings.hires_scale > 1.0:
+                    latents = self._hires(latents, velocity, settings, callback)
         finally:
             dit.layer_runner = saved_runner
         with stages.stage("decode"):
             pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+        if inputs is not None and inputs.mask is not None:
+            soft = img2img.feathered(inputs.mask, settings.mask_feather).to(pixels.device)
+            pixels = img2img.paste_back(pixels, inputs.pixels.to(pixels.device), soft)
         return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras), memory=stages)
 
     def _layout(self, settings: GenerationSettings):
@@ -282,6 +303,40 @@ class NewBiePipeline:
         except (RegionError, XMLPromptError) as exc:
             raise ConfigError(f"prompt: {exc}") from None
         return layout, apply_escapes(negative, settings.prompt_escapes)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> DiT latents; tiles beyond 2048x2048 px, like decoding."""
+        tile = None if pixels.shape[-1] * pixels.shape[-2] <= 2048 * 2048 else 1024
+        return self.vae.encode_pixels(pixels.to(self.device), tile=tile)
+
+    def _from_image(self, inputs, noise, velocity, settings, callback):
+        """img2img / inpainting: start on the noised init latent at the strength's point of the solver's grid."""
+        b = noise.shape[0]
+        x0 = self.encode_image(inputs.pixels).expand(b, -1, -1, -1)
+        strength = img2img.effective_strength(settings)
+        times = img2img.strength_times(settings.steps, strength, settings.shift, settings.solver)
+        x = img2img.noised(x0, noise, float(times[0]))
+        if inputs.mask is None:
+            return sampling.integrate(velocity, x, times, settings.solver, callback)
+        m = img2img.latent_mask(img2img.feathered(inputs.mask, settings.mask_feather)).to(self.device)
+        m = m.expand(b, -1, -1, -1)
+        pinned = img2img.pinned_velocity(velocity, x0, noise, m)
+        return sampling.integrate(pinned, x, times, settings.solver, callback)
+
+    def _hires(self, latents, velocity, settings, callback):
+        """Second pass at ``hires_scale`` times the size, low strength, shift scaled for the larger token count."""
+        w, h = img2img.hires_size(settings.width, settings.height, settings.hires_scale)
+        if settings.hires_mode == "latent":
+            x0 = img2img.upscale_latents(latents, w, h)
+        else:
+            pixels = self.vae.decode_dit(latents, tile=self._decode_tile(latents))
+            x0 = self.encode_image(img2img.upscale_pixels(pixels, w, h))
+        noise = sampling.initial_noise(latents.shape[0], h, w, (settings.seed + 1) & 0xFFFF_FFFF_FFFF_FFFF)
+        shift = img2img.hires_shift(settings.shift, settings.width, settings.height, w, h)
+        steps = settings.hires_steps or settings.steps
+        times = img2img.strength_times(steps, settings.hires_strength, shift, settings.solver)
+        x = img2img.noised(x0, noise.to(self.device), float(times[0]))
+        return sampling.integrate(velocity, x, times, settings.solver, callback)
 
     def _decode_tile(self, latents: torch.Tensor) -> int | None:
         """Whole-image decode up to 2048x2048 px, tiles beyond (bounded memory, seamless blend); profiles tile sooner."""

@@ -1,4 +1,4 @@
-"""FLUX.1 16-channel autoencoder (decoder and encoder), native, with tiled decoding.
+"""FLUX.1 16-channel autoencoder (decoder and encoder), native, with tiled decoding and encoding.
 
 Loads the standard ``ae.safetensors`` (ldm key names) and the diffusers ``vae/`` layout
 (converted on load). Latent normalisation between VAE space and DiT space lives here only:
@@ -192,6 +192,18 @@ class AutoEncoder(nn.Module):
         return to_dit_latent(self.encode(image).float())
 
     @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor, tile: int | None = None, overlap: int = 128) -> torch.Tensor:
+        """Images in [0, 1] ``[b, 3, h, w]`` -> DiT latents; ``tile`` (pixels) encodes in blended tiles."""
+        if self.encoder is None:
+            raise CheckpointError(
+                "this VAE file has only the decoder; image to image needs the full FLUX ae.safetensors (with encoder)"
+            )
+        image = pixels.float() * 2 - 1
+        scale = self.config.downscale
+        z = self.encode(image) if tile is None else encode_tiled(self.encode, image, tile, overlap, scale)
+        return to_dit_latent(z.float())
+
+    @torch.no_grad()
     def decode_dit(self, z_dit: torch.Tensor, tile: int | None = None, overlap: int = 16) -> torch.Tensor:
         """DiT latents -> images in [0, 1]; ``tile`` (latent pixels) decodes in blended tiles to save memory."""
         z = from_dit_latent(z_dit.float())
@@ -213,25 +225,38 @@ def _ramp(n: int, overlap: int, at_start: bool, at_end: bool, device) -> torch.T
 
 def decode_tiled(decode, z: torch.Tensor, tile: int, overlap: int, scale: int) -> torch.Tensor:
     """Decode overlapping latent tiles and blend them with linear ramps, so there are no seams."""
-    b, _, h, w = z.shape
-    tile = max(tile, 2 * overlap + 1)
+    return _tiled(decode, z, tile, overlap, scale, 1)
+
+
+def encode_tiled(encode, image: torch.Tensor, tile: int, overlap: int, scale: int) -> torch.Tensor:
+    """Encode overlapping pixel tiles (``tile``, ``overlap`` in pixels, multiples of ``scale``) and blend the latents."""
+    tile, overlap = max(tile // scale, 1) * scale, overlap // scale * scale
+    return _tiled(encode, image, tile, overlap, 1, scale)
+
+
+def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, up: int, down: int) -> torch.Tensor:
+    """Run ``fn`` (output side = input side * up / down) on overlapping tiles of ``x`` and blend with linear ramps."""
+    b, _, h, w = x.shape
+    tile = max(tile, 2 * overlap + down)
     stride = tile - overlap
     ys = list(range(0, max(h - overlap, 1), stride)) if h > tile else [0]
     xs = list(range(0, max(w - overlap, 1), stride)) if w > tile else [0]
+    oh, ow, o_overlap = h * up // down, w * up // down, overlap * up // down
     out = None
-    weight = torch.zeros(1, 1, h * scale, w * scale, device=z.device)
+    weight = torch.zeros(1, 1, oh, ow, device=x.device)
     for y in ys:
-        for x in xs:
-            y0, x0 = min(y, max(h - tile, 0)), min(x, max(w - tile, 0))
-            part = decode(z[:, :, y0 : y0 + tile, x0 : x0 + tile]).float()
+        for x_ in xs:
+            y0, x0 = min(y, max(h - tile, 0)), min(x_, max(w - tile, 0))
+            part = fn(x[:, :, y0 : y0 + tile, x0 : x0 + tile]).float()
             th, tw = part.shape[-2:]
-            wy = _ramp(th, overlap * scale, y0 == 0, y0 + tile >= h, z.device)
-            wx = _ramp(tw, overlap * scale, x0 == 0, x0 + tile >= w, z.device)
+            wy = _ramp(th, o_overlap, y0 == 0, y0 + tile >= h, x.device)
+            wx = _ramp(tw, o_overlap, x0 == 0, x0 + tile >= w, x.device)
             mask = (wy[:, None] * wx[None, :])[None, None]
             if out is None:
-                out = torch.zeros(b, part.shape[1], h * scale, w * scale, device=z.device)
-            out[:, :, y0 * scale : y0 * scale + th, x0 * scale : x0 * scale + tw] += part * mask
-            weight[:, :, y0 * scale : y0 * scale + th, x0 * scale : x0 * scale + tw] += mask
+                out = torch.zeros(b, part.shape[1], oh, ow, device=x.device)
+            oy, ox = y0 * up // down, x0 * up // down
+            out[:, :, oy : oy + th, ox : ox + tw] += part * mask
+            weight[:, :, oy : oy + th, ox : ox + tw] += mask
     return out / weight
 
 

@@ -6,7 +6,7 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, latent_vae, loaders, lora, prompt, regions, sampling
+    from . import encoders, img2img, latent_vae, loaders, lora, prompt, regions, sampling
 
     return [
         *loaders.NODES,
@@ -15,6 +15,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         *prompt.NODES,
         *sampling.NODES,
         *latent_vae.NODES,
+        *img2img.NODES,
         *regions.NODES,
     ]
 

@@ -6,7 +6,7 @@ import comfy.patcher_extension as pe
 import comfy.samplers
 import torch
 
-from ..newbie_core import sampling, solvers
+from ..newbie_core import img2img, sampling, solvers
 
 GUIDANCE_KEY = "newbie_official_cfg"
 SAMPLER_PREFIX = "newbie_"
@@ -81,14 +81,14 @@ def sigmas_for(model, scheduler: str, steps: int, denoise: float = 1.0, sampler_
     The official grid is the chosen solver's own (dpm's starts at t = 0.001, as the demo's).
     """
     ms = model.get_model_object("model_sampling")
-    total = steps if denoise >= 1.0 else max(int(steps / max(denoise, 1e-4)), steps)
+    total, start = img2img.denoise_schedule(steps, denoise)  # the same start as newbie_core's img2img
     if scheduler == OFFICIAL_SCHEDULER:
         shift = float(getattr(ms, "shift", 6.0))
         solver = NEWBIE_SAMPLERS.get(sampler_name, "midpoint")
         sigmas = (1.0 - sampling.solver_times(solver, total, shift)).to(torch.float32)
     else:
         sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, total).cpu()
-    return sigmas[-(steps + 1) :]
+    return sigmas[start:]
 
 
 def sampler_names() -> list[str]:

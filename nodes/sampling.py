@@ -127,6 +127,8 @@ class NewBieSampler(io.ComfyNode):
             )
         guided = with_official_guidance(model, cfg_trunc, renorm)
         sigmas = sigmas_for(guided, scheduler, steps, denoise, sampler_name)
+        if len(sigmas) < 2:  # denoise 0: no step, the latent comes back as it went in
+            return io.NodeOutput(dict(latent_image))
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(

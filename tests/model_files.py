@@ -28,8 +28,12 @@ def stock_vae_width() -> int:
         return 128
 
 
-def write_tiny_models(models: Path, vae_width: int = 32) -> dict:
-    """DiT (cap 64 / pooled 128 to match the tiny encoders), Gemma, Jina, FLUX-shaped VAE and a LoRA."""
+def write_tiny_models(models: Path, vae_width: int = 32, vae_encoder: bool = False) -> dict:
+    """DiT (cap 64 / pooled 128 to match the tiny encoders), Gemma, Jina, FLUX-shaped VAE and a LoRA.
+
+    ``vae_encoder`` adds the encoder for image to image, at the real width 128 (ComfyUI builds the FLUX encoder
+    at that width whatever the decoder's).
+    """
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     for key in ("text_encoders", "vae", "loras"):
         (models / key).mkdir(parents=True, exist_ok=True)
@@ -50,6 +54,16 @@ def write_tiny_models(models: Path, vae_width: int = 32) -> dict:
                 if "norm" in k and k.endswith("weight")
                 else (torch.randn(v.shape, generator=gen) / fan**0.5)
             ).to(torch.bfloat16 if vae_width > 32 else torch.float32)
+    if vae_encoder:
+        encoder = AutoEncoder(VAEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)).encoder
+        for k, v in encoder.state_dict().items():
+            fan = v[0].numel() if v.ndim > 1 else 1
+            weight = "norm" in k and k.endswith("weight")
+            sd["encoder." + k] = (
+                (1 + 0.05 * torch.randn(v.shape, generator=gen))
+                if weight
+                else torch.randn(v.shape, generator=gen) / fan**0.5
+            ).to(torch.bfloat16)
     save_file(sd, str(models / "vae" / "ae_tiny.safetensors"))
     w = dit.layers[0].attention.qkv.weight
     lora = {

@@ -19,6 +19,19 @@ from model_files import stock_vae_width, write_tiny_models
 
 WORKFLOWS = sorted((PACK_ROOT / "example_workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+INPUT_IMAGE = "newbie_test_input.png"
+
+
+def write_input_image(path: Path) -> None:
+    """64x64 RGBA picture for LoadImage; a transparent square is the inpaint mask (LoadImage's MASK = 1 - alpha)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64]
+    arr = np.stack([x * 4, y * 4, (x + y) * 2, np.full_like(x, 255)], -1).astype(np.uint8)
+    arr[16:40, 20:44, 3] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, "RGBA").save(path)
 
 
 def _free_port() -> int:
@@ -43,7 +56,7 @@ def _post(url, payload):
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"
-    write_tiny_models(models, vae_width=stock_vae_width())
+    write_tiny_models(models, vae_width=stock_vae_width(), vae_encoder=True)
     # the workflows name the released files; the tiny ones stand in for them
     renames = {
         "diffusion_models/NewBie-tiny.safetensors": "diffusion_models/NewBie-Image-Exp0.1-bf16.safetensors",
@@ -54,6 +67,7 @@ def server(tmp_path_factory):
     }
     for a, b in renames.items():
         (models / a).rename(models / b)
+    write_input_image(base / "input" / INPUT_IMAGE)
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "newbie_nodes").symlink_to(PACK_ROOT, target_is_directory=True)
     port = _free_port()
@@ -157,8 +171,10 @@ def small(workflow: dict) -> dict:
             out[k] = {"resolution": "custom", "width": 64, "height": 64}
         elif t == "EmptySD3LatentImage":
             out[k] = {"width": 64, "height": 64}
-        elif t in ("NewBieSampler", "KSampler"):
+        elif t in ("NewBieSampler", "KSampler", "NewBieHiresFix"):
             out[k] = {"steps": 2}
+        elif t == "LoadImage":
+            out[k] = {"image": INPUT_IMAGE}
     return out
 
 
@@ -224,3 +240,36 @@ def test_interrupt_mid_sampling_leaves_no_output(server):
     assert result is not None and result["status"]["status_str"] == "error"
     assert any(m[0] == "execution_interrupted" for m in result["status"]["messages"])
     assert not list((server["base"] / "output").glob("interrupted_run*"))
+
+
+def _outputs(server, result):
+    return [
+        server["base"] / "output" / i["subfolder"] / i["filename"]
+        for o in result["outputs"].values()
+        for i in o.get("images", [])
+    ]
+
+
+def test_image_to_image_workflows_keep_the_input_size_and_hires_doubles_it(server):
+    from PIL import Image
+
+    sizes = {}
+    for name in ("newbie_img2img", "newbie_inpaint", "newbie_hires"):
+        workflow = json.loads((PACK_ROOT / "example_workflows" / f"{name}.json").read_text(encoding="utf-8"))
+        result = run_prompt(server, to_api(workflow, server["info"], small(workflow)))
+        assert result["status"]["status_str"] == "success", json.dumps(result["status"], indent=1)[-3000:]
+        (path,) = _outputs(server, result)
+        sizes[name] = Image.open(path).size
+        if name == "newbie_inpaint":  # the paste-back: outside the grown mask the input's pixels, exactly
+            out = Image.open(path).convert("RGB")
+            src = Image.open(server["base"] / "input" / INPUT_IMAGE).convert("RGB")
+            assert out.getpixel((2, 2)) == src.getpixel((2, 2)) and out.getpixel((60, 60)) == src.getpixel((60, 60))
+            assert out.getpixel((30, 28)) != src.getpixel((30, 28))
+        if name == "newbie_hires":  # and the run reads back from the real ComfyUI PNG
+            from newbie_core.png_runs import read_run
+
+            run = read_run(path)
+            sampler = next(n for n in workflow["nodes"] if n["type"] == "NewBieSampler")
+            assert (run.steps, run.width, run.height) == (2, 64, 64)
+            assert run.cfg == sampler["widgets_values"][3] and run.prompt.startswith("<character_1>")
+    assert sizes == {"newbie_img2img": (64, 64), "newbie_inpaint": (64, 64), "newbie_hires": (128, 128)}

@@ -22,6 +22,9 @@ EXPECTED_IDS = {
     "NewBieEmptyLatent",
     "NewBieVAEDecode",
     "NewBieLoRA",
+    "NewBieVAEEncode",
+    "NewBieHiresFix",
+    "NewBieLoadRunFromImage",
     "NewBieRegions",
 }
 
