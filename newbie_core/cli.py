@@ -149,6 +149,49 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_region_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="character_N=x0,y0,x1,y1",
+        help="place character N in this box (0-1000 units of width/height); repeatable; overrides XML <region>",
+    )
+    p.add_argument(
+        "--region-outside",
+        choices=["shared", "all"],
+        default="shared",
+        help="what image tokens outside every region see: only shared text (default) or every character",
+    )
+    p.add_argument(
+        "--region-until", type=float, default=1.0, help="apply regions while t < this (t=0 is noise); 1 = all steps"
+    )
+    p.add_argument("--region-soft-edge", type=float, default=0.0, help="feather width of region edges, 0-1000 units")
+    p.add_argument("--region-layers", default="all", help="main layers to mask, e.g. 0-17 (default: all)")
+    p.add_argument("--keep-region-tags", action="store_true", help="leave <region> tags in the text the encoders see")
+
+
+def _region_overrides(args, prompt: str) -> dict[str, list[float]]:
+    """--region values, checked against the prompt before any model loads (ConfigError names the bad one)."""
+    from .layout import RegionError, parse_region_arg
+    from .xml_prompt import parse
+
+    present = {c.index for c in parse(prompt).characters}
+    out: dict[str, list[float]] = {}
+    for value in getattr(args, "region", None) or []:
+        try:
+            index, box = parse_region_arg(value)
+        except RegionError as exc:
+            raise ConfigError(f"--region {value}: region {exc}") from None
+        if index not in present:
+            have = ", ".join(f"character_{i}" for i in sorted(present)) or "no character blocks"
+            raise ConfigError(f"--region {value}: the prompt has no <character_{index}> (it has {have})")
+        if f"character_{index}" in out:
+            raise ConfigError(f"--region {value}: character_{index} is given twice")
+        out[f"character_{index}"] = box.as_list()
+    return out
+
+
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     """Image to image, inpainting, the hires second pass, and re-running a PNG (newbie_core.img2img)."""
     p.add_argument("--init-image", help="start from this image (img2img); its size is the default output size")
@@ -180,7 +223,7 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 
 #: argparse destinations -> GenerationSettings fields they set (identity where not listed).
-_FIELD_OF_FLAG = {"negative": "negative_prompt", "prompt_file": "prompt"}
+_FIELD_OF_FLAG = {"negative": "negative_prompt", "prompt_file": "prompt", "region": "regions"}
 _NOT_SETTINGS = {"command", "output", "models_dir", "device", "dtype", "low_vram", "from_png", "output_dir", "lora"}
 
 
@@ -235,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     _add_speed_args(gen)
     _add_sampling_args(gen)
+    _add_region_args(gen)
     _add_image_args(gen)
     _add_lora_args(gen)
     _add_common_args(gen)
@@ -415,6 +459,12 @@ def _settings(args, prompt: str, tiny: bool, steps: int | None = None, base: dic
         height=args.height,
         system_prompt=args.system_prompt,
         allow_large=args.allow_large,
+        regions=getattr(args, "region_boxes", None) or None,
+        region_outside=getattr(args, "region_outside", "shared"),
+        region_until=getattr(args, "region_until", 1.0),
+        region_soft_edge=getattr(args, "region_soft_edge", 0.0),
+        region_layers=getattr(args, "region_layers", "all"),
+        keep_region_tags=getattr(args, "keep_region_tags", False),
         step_cache=args.step_cache,
     )
     for name in ("init_image", "strength", "mask", "mask_feather", "hires_scale", "hires_strength", "hires_steps"):
@@ -528,6 +578,7 @@ def cmd_generate(args, out, err, label, given=()) -> int:
         prompt = checked_prompt("prompt", base["prompt"] if base is not None else DEMO_PROMPT, err)
     if args.negative:
         args.negative = validation.prompt_text(label("negative"), args.negative)[0]
+    args.region_boxes = _region_overrides(args, prompt)
     # everything about the input is checked before any model loads
     settings = _settings(args, prompt, tiny=not args.models_dir, base=base, given=given)
     settings.validate(label)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import img2img, sampling, validation
+from . import regions as regions_mod
 from .defaults import OFFICIAL
 from .dtypes import FLOAT8_DTYPES, parse_dtype, vae_dtype
 from .errors import CheckpointError, ConfigError
@@ -55,10 +56,43 @@ class GenerationSettings:
     step_cache: float = 0.0
     #: "unescape": A1111-style \( \) reach the encoders as ( ); "literal": as typed (see text.ESCAPE_MODES).
     prompt_escapes: str = "unescape"
+    #: Character regions {"character_N": [x0, y0, x1, y1]} in 0-1000 units; override XML <region> tags.
+    regions: dict | None = None
+    region_outside: str = "shared"
+    region_until: float = 1.0
+    region_soft_edge: float = 0.0
+    region_layers: str = "all"  # main layers to mask, e.g. "0-17"
+    keep_region_tags: bool = False
 
     def validate(self, label=validation.field_label) -> None:
         """Raises ConfigError naming the first bad field (``label`` turns field names into e.g. CLI flags)."""
         validation.check_settings(self, label)
+
+    def region_boxes(self) -> dict:
+        """``regions`` parsed: {character index: Box}; ConfigError names a bad entry."""
+        from .layout import RegionError, parse_box, parse_character_name
+
+        out = {}
+        for name, box in (self.regions or {}).items():
+            try:
+                out[parse_character_name(name)] = parse_box(box)
+            except RegionError as exc:
+                raise ConfigError(f"region {name}: {exc}") from None
+        return out
+
+    def region_settings(self):
+        from .layout import RegionError, parse_layers
+        from .regions import RegionSettings
+
+        try:
+            layers = parse_layers(self.region_layers)
+            settings = RegionSettings(
+                self.region_outside, float(self.region_soft_edge), float(self.region_until), layers
+            )
+            settings.validate()
+        except RegionError as exc:
+            raise ConfigError(f"regions: {exc}") from None
+        return settings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,7 +246,7 @@ class NewBiePipeline:
             settings = dataclasses.replace(settings, init_image_sha256=img2img.file_sha256(settings.init_image))
         from .dit.step_cache import StepCache
         from .memory import StageMemory
-        from .text.conditioning import apply_escapes, gemma_text
+        from .text.conditioning import gemma_text
 
         own_seeds = items is not None
         items = _batch_items(settings, items)
@@ -220,13 +254,17 @@ class NewBiePipeline:
         enc = self.text_encoders
         stages = StageMemory(self.device)
 
-        prompts = [apply_escapes(s.prompt, settings.prompt_escapes) for s in items]
-        negatives = [apply_escapes(s.negative_prompt, settings.prompt_escapes) for s in items]
+        layouts = [self._layout(s) for s in items]  # per item: its own prompt, regions and spans
         gemma_rows, _ = enc.gemma_ids(
-            [gemma_text(p, settings.system_prompt) for p in prompts]
-            + [gemma_text(n, settings.negative_system_prompt) for n in negatives]
+            [gemma_text(layout.text, settings.system_prompt) for layout, _ in layouts]
+            + [gemma_text(negative, settings.negative_system_prompt) for _, negative in layouts]
         )
-        jina_rows = enc.jina_ids(prompts + negatives)
+        for row, (layout, _) in zip(gemma_rows, layouts):
+            if layout.boxes and row != layout.gemma_ids:  # spans were computed on other tokens
+                raise RuntimeError("token spans do not match the encoded prompt")
+        if not own_seeds and layouts[0][0].boxes:
+            settings = dataclasses.replace(settings, regions=regions_mod.boxes_to_json(layouts[0][0].boxes))
+        jina_rows = enc.jina_ids([layout.text for layout, _ in layouts] + [negative for _, negative in layouts])
         with stages.stage("encode"):
             conds = self._encode(gemma_rows, jina_rows)
         caps = conds.hidden.to(self.device)
@@ -234,12 +272,20 @@ class NewBiePipeline:
         pooled = conds.pooled.to(self.device)
         dit = self.transformer
 
+        samples = [layout.sample() for layout, _ in layouts]
+        regional = any(sample is not None for sample in samples)
+        both = regions_mod.RegionalAttention(samples + [None] * b, settings.region_settings()) if regional else None
+        cond_only = regions_mod.RegionalAttention(samples, settings.region_settings()) if regional else None
+
         def model(x, t, with_uncond):
+            active = both is not None and both.active_at(float(t[0]))
             if with_uncond:
-                out = dit(torch.cat([x, x]), torch.cat([t, t]), caps, masks, pooled).float()
+                regions = both if active else None  # the uncond half stays unmasked
+                out = dit(torch.cat([x, x]), torch.cat([t, t]), caps, masks, pooled, regions=regions).float()
                 return out[:b], out[b:]
             n = int(masks[:b].sum(1).max())
-            return dit(x, t, caps[:b, :n], masks[:b, :n], pooled[:b]).float(), None
+            regions = cond_only if active else None
+            return dit(x, t, caps[:b, :n], masks[:b, :n], pooled[:b], regions=regions).float(), None
 
         def velocity(x, t):
             return sampling.cfg_velocity(model, x, t, settings.cfg, settings.cfg_trunc, settings.renorm)
@@ -271,6 +317,28 @@ class NewBiePipeline:
             soft = img2img.feathered(inputs.mask, settings.mask_feather).to(pixels.device)
             pixels = img2img.paste_back(pixels, inputs.pixels.to(pixels.device), soft)
         return GenerationResult(to_pil(pixels), latents.cpu(), settings, self.label, list(self.loras), memory=stages)
+
+    def _layout(self, settings: GenerationSettings):
+        """The prompt's regions (XML merged with ``settings.regions``) and both texts for the encoders."""
+        from .layout import RegionError
+        from .text.conditioning import apply_escapes, system_prompt_for
+        from .xml_prompt import XMLPromptError, extract_regions
+
+        enc = self.text_encoders
+        try:
+            layout = regions_mod.prompt_layout(
+                enc.gemma_tokenizer,
+                settings.prompt,
+                lambda text: system_prompt_for(text, settings.system_prompt),
+                settings.region_boxes(),
+                settings.keep_region_tags,
+                enc.gemma_max_tokens,
+                prepare=lambda text: apply_escapes(text, settings.prompt_escapes),
+            )
+            negative, _ = extract_regions(settings.negative_prompt)
+        except (RegionError, XMLPromptError) as exc:
+            raise ConfigError(f"prompt: {exc}") from None
+        return layout, apply_escapes(negative, settings.prompt_escapes)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1] -> DiT latents; tiles beyond 2048x2048 px, like decoding."""

@@ -6,7 +6,7 @@ from ._api import ComfyExtension, io
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    from . import encoders, img2img, latent_vae, loaders, lora, prompt, sampling, writer
+    from . import encoders, img2img, latent_vae, loaders, lora, prompt, regions, sampling, writer
 
     return [
         *loaders.NODES,
@@ -17,6 +17,7 @@ def all_nodes() -> list[type[io.ComfyNode]]:
         *latent_vae.NODES,
         *img2img.NODES,
         *writer.NODES,
+        *regions.NODES,
     ]
 
 

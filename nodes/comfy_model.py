@@ -31,6 +31,7 @@ from ..newbie_core.dit.attention import expand_kv_heads, sdpa_attention, use_gqa
 from ..newbie_core.dit.checkpoint import open_transformer_checkpoint, transformer_files
 from ..newbie_core.dit.layers import RMSNorm, rms_norm
 from ..newbie_core.dtypes import node_dtype_options, parse_dtype
+from . import regions as region_glue
 
 log = logging.getLogger("newbie")
 
@@ -63,7 +64,9 @@ def _comfy_attention_fn(transformer_options):
         k = expand_kv_heads(k, heads)
         v = expand_kv_heads(v, heads)
         mask = None
-        if key_mask is not None:
+        if key_mask is not None and key_mask.ndim == 4:  # regional attention: already an additive bias
+            mask = key_mask.to(q.dtype)
+        elif key_mask is not None:
             mask = torch.zeros(key_mask.shape[0], 1, 1, key_mask.shape[1], dtype=q.dtype, device=q.device)
             mask.masked_fill_(~key_mask[:, None, None, :], torch.finfo(q.dtype).min)
         return _comfy_attention(q, k, v, heads, mask, skip_reshape=True, **extra)
@@ -122,6 +125,7 @@ class ComfyNextDiT(NextDiT):
         attention_mask=None,
         transformer_options={},  # noqa: B006  (ComfyUI passes this dict positionally; never mutated here)
         clip_text_pooled=None,
+        newbie_regions=None,
         **kwargs,
     ):
         h, w = x.shape[-2:]
@@ -133,9 +137,13 @@ class ComfyNextDiT(NextDiT):
             attention = sdpa_attention  # one stable function: a per-call closure would make dynamo recompile
         else:
             attention = _comfy_attention_fn(transformer_options)
+        regions = None
+        if newbie_regions is not None:  # character regions (nodes/regions.py); uncond chunks stay unmasked
+            regions = newbie_regions.for_call(timesteps, transformer_options.get("cond_or_uncond"))
         velocity = NextDiT.forward(
-            self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention
-        )
+            self, x, t_from_sigma(timesteps), context, attention_mask, clip_text_pooled, attention=attention,
+            regions=regions,
+        )  # fmt: skip
         return comfy_output_from_velocity(velocity)[..., :h, :w]
 
 
@@ -178,6 +186,7 @@ class NewBieModel(comfy.model_base.Lumina2):
             mask = mask.reshape(-1, cross_attn.shape[1]).to(torch.long)
             out["c_crossattn"] = CaptionCond(cross_attn)
             out["attention_mask"] = CaptionCond(mask)
+            out[region_glue.MODEL_KEY] = region_glue.region_cond(kwargs)
         pooled = kwargs.get("pooled_output", None)
         if pooled is not None and getattr(self.diffusion_model.config, "clip_text_dim", None):
             out["clip_text_pooled"] = comfy.conds.CONDRegular(pooled)

@@ -8,7 +8,11 @@ import folder_paths
 
 from ..newbie_core.dtypes import node_dtype_options
 from ..newbie_core.errors import NewBieError
-from ..newbie_core.text.conditioning import ESCAPE_MODES, PRESETS, apply_escapes, gemma_text
+from ..newbie_core.layout import RegionError
+from ..newbie_core.regions import check_regions
+from ..newbie_core.text.conditioning import ESCAPE_MODES, PRESETS, apply_escapes, system_prompt_for
+from ..newbie_core.xml_prompt import XMLPromptError, extract_regions
+from . import regions
 from ._api import io, schema
 from .comfy_text import is_newbie_clip, load_newbie_clip, newbie_tokens
 
@@ -111,6 +115,13 @@ class NewBieTextEncode(io.ComfyNode):
                     "training captions look (they never contain those backslashes). literal: the text exactly as "
                     "typed, backslashes included.",
                 ),
+                io.Boolean.Input(
+                    "keep_region_tags",
+                    default=False,
+                    optional=True,
+                    tooltip="<region> tags are layout data (see NewBie Character Regions) and are removed from the "
+                    "text the encoders see; on: leave them in the text.",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(tooltip="Gemma states + Jina pooled_output + attention_mask, as core's NewBie.")
@@ -119,21 +130,41 @@ class NewBieTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, clip, text: str, system_prompt: str, custom_system_prompt: str = "", escapes: str = "unescape"
+        cls,
+        clip,
+        text: str,
+        system_prompt: str,
+        custom_system_prompt: str = "",
+        escapes: str = "unescape",
+        keep_region_tags: bool = False,
     ) -> io.NodeOutput:
         if clip is None or not is_newbie_clip(clip):
             raise ValueError(
                 "NewBie Text Encode needs a NewBie CLIP: use 'Load NewBie Text Encoders' or DualCLIPLoader with type newbie"
             )
+        try:
+            text, boxes = extract_regions(text, keep_region_tags)
+        except XMLPromptError as exc:
+            raise ValueError(f"NewBie Text Encode: prompt {exc}") from None
         text = apply_escapes(text, escapes)
-        tokens, dropped = newbie_tokens(clip, gemma_text(text, system_prompt, custom_system_prompt), text)
+        prefix = system_prompt_for(text, system_prompt, custom_system_prompt)
+        tokens, dropped = newbie_tokens(clip, prefix + text, text)
         if dropped:
             log.warning(
                 "NewBie Text Encode: the Gemma prompt was longer than the 512 tokens used in training; "
                 "the last %d tokens were dropped",
                 dropped,
             )
-        return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens))
+        cond = clip.encode_from_tokens_scheduled(tokens)
+        spans = regions.prompt_spans(clip, text, prefix, [t[0] for t in tokens["gemma"][0]])
+        if boxes and spans is None:
+            raise ValueError("NewBie Text Encode: <region> needs token offsets this CLIP's tokenizer cannot give")
+        if boxes:
+            try:
+                check_regions(boxes, spans)
+            except RegionError as exc:
+                raise ValueError(f"NewBie Text Encode: {exc}") from None
+        return io.NodeOutput(regions.attach(cond, **{regions.SPANS_KEY: spans, regions.REGIONS_KEY: boxes}))
 
 
 NODES = [NewBieTextEncoderLoader, NewBieTextEncode]

@@ -12,6 +12,22 @@ const ENTITY = /&(#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{0,31});/y;
 const MARKUP = /<\s*\/?\s*[A-Za-z_][A-Za-z0-9_.\-]*\s*\/?>/;
 const PREDEFINED = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
 const CHARACTER_TAG = /^character_(\d+)$/;
+const REGION_NUMBER = /^\s*(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*$/;
+
+/** A character's <region>x0,y0,x1,y1</region> (0-1000 units): the rules and messages of newbie_core.layout.parse_box. */
+export function checkRegionBox(value) {
+  const shown = value.trim();
+  const parts = shown.split(",");
+  const numbers = parts.map((p) => REGION_NUMBER.exec(p));
+  if (parts.length !== 4 || !numbers.every(Boolean)) return `needs four numbers x0,y0,x1,y1 from 0 to 1000, got "${shown}"`;
+  const v = numbers.map((m) => Number(m[1]));
+  const names = ["x0", "y0", "x1", "y1"];
+  for (let i = 0; i < 4; i++) if (!(v[i] >= 0 && v[i] <= 1000)) return `${names[i]}=${v[i]} is outside 0-1000`;
+  for (const [a, b] of [[0, 2], [1, 3]]) {
+    if (v[b] <= v[a]) return `is empty or inverted: ${names[b]} (${v[b]}) must be greater than ${names[a]} (${v[a]})`;
+  }
+  return null;
+}
 
 export class XMLPromptError extends Error {
   constructor(message, line, column, tag = null) {
@@ -204,7 +220,14 @@ export function parsePrompt(text) {
       first[el.tag] = el.start;
       const inner = elementsOf(el);
       if (inner.length) fail(`<${inner[0].tag}> cannot be nested inside <${el.tag}>`, inner[0].start, inner[0].tag);
-      if (!known.includes(el.tag)) warn(`unknown tag <${el.tag}> in <${block.tag}> (kept; the model was not trained on it)`, el.start, el.tag);
+      if (el.tag === "region" && CHARACTER_TAG.test(block.tag)) {
+        const problem = checkRegionBox(textOf(el));
+        if (problem) {
+          const first = el.children.find((c) => c.text !== undefined && c.text.trim());
+          const at = first ? first.start + (first.text.length - first.text.trimStart().length) : el.start;
+          fail(`<region> of <${block.tag}> ${problem}`, at, "region");
+        }
+      } else if (!known.includes(el.tag)) warn(`unknown tag <${el.tag}> in <${block.tag}> (kept; the model was not trained on it)`, el.start, el.tag);
       res[el.tag] = textOf(el).trim();
     }
     return res;

@@ -5,8 +5,9 @@ Contract of an attention function::
     attention(q, k, v, key_mask) -> [B, S, H * D]
 
 with ``q`` [B, H, S, D], ``k``/``v`` [B, H_kv, S, D] (grouped-query: query head ``h``
-reads key/value head ``h // (H // H_kv)``), ``key_mask`` a bool [B, S] (True = attend)
-or None when every token is valid, and softmax scale ``1 / sqrt(D)``.
+reads key/value head ``h // (H // H_kv)``), ``key_mask`` a bool [B, S] (True = attend),
+a float additive bias [B, 1, S, S] (regional attention, padding included) or None when every
+token is valid, and softmax scale ``1 / sqrt(D)``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def use_gqa_kernel(key_mask) -> bool:
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
     """Default kernel: ``torch.nn.functional.scaled_dot_product_attention``."""
     b, h, s, d = q.shape
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    mask = None if key_mask is None else key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask
     if k.shape[1] != h:
         if use_gqa_kernel(key_mask):
             out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)

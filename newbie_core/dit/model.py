@@ -141,11 +141,13 @@ class NextDiT(nn.Module):
         cap_mask: torch.Tensor | None = None,
         clip_text_pooled: torch.Tensor | None = None,
         attention: AttentionFn | None = None,
+        regions=None,
     ) -> torch.Tensor:
         """Predict the velocity for latents ``x`` at time ``t`` (0 = noise, 1 = data).
 
         ``cap_feats`` [B, L, cap_feat_dim] are right-padded Gemma states with ``cap_mask``
         [B, L] (1 = real token; None = no padding); ``clip_text_pooled`` [B, clip_text_dim].
+        ``regions``: an optional ``newbie_core.regions.RegionalAttention`` masking the main layers.
         """
         self._check_inputs(x, cap_feats, cap_mask, clip_text_pooled)
         attention = attention or self.attention
@@ -204,11 +206,20 @@ class NextDiT(nn.Module):
             joint_pos = torch.cat([cap_pos, img_pos], dim=1)
             key_mask, img_index = None, None
         freqs = self._rope(("joint", shape_key), joint_pos, rope_dtype)
-        if self.layer_runner is not None:
-            joint = self.layer_runner(self.layers, joint, key_mask, freqs, c, attention, dtype)
+        region_bias = None
+        if regions is not None:
+            region_bias = regions.joint_bias(cap_lens, grid_h, grid_w, joint.shape[1], dtype, device)
+        if region_bias is not None and regions.settings.layers is not None:  # regions on some layers only
+            for i, block in enumerate(self.layers):
+                mask = region_bias if regions.applies_to_layer(i) else key_mask
+                joint = block(joint, mask, freqs, c, attention, dtype)
         else:
-            for block in self.layers:
-                joint = block(joint, key_mask, freqs, c, attention, dtype)
+            mask = key_mask if region_bias is None else region_bias
+            if self.layer_runner is not None:
+                joint = self.layer_runner(self.layers, joint, mask, freqs, c, attention, dtype)
+            else:
+                for block in self.layers:
+                    joint = block(joint, mask, freqs, c, attention, dtype)
 
         if img_index is None:
             img_tokens = joint[:, n_cap:]

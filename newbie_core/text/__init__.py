@@ -51,12 +51,17 @@ class TruncationWarning(UserWarning):
 
 @dataclass
 class EncodedPrompts:
-    """``hidden`` [B, L, 2560] right-padded Gemma states, ``mask`` [B, L] (1 = token), ``pooled`` [B, 1024]."""
+    """``hidden`` [B, L, 2560] right-padded Gemma states, ``mask`` [B, L] (1 = token), ``pooled`` [B, 1024].
+
+    ``spans``: per prompt, the token range of each block (``newbie_core.regions.PromptSpans``), when the
+    tokenizer reports offsets.
+    """
 
     hidden: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
     dropped_tokens: list[int] = field(default_factory=list)
+    spans: list = field(default_factory=list)
 
     def __iter__(self):
         """``hidden, mask, pooled = encoders.encode(...)``."""
@@ -171,7 +176,21 @@ class TextEncoders:
         )
         out = self.encode_ids(gemma_rows, self.jina_ids(list(prompts), limit_tokens))
         out.dropped_tokens = dropped
+        out.spans = self._spans(prompts, gemma_rows, system_prompt, custom_system_prompt, limit_tokens)
         return out
+
+    def _spans(self, prompts, gemma_rows, system_prompt, custom_system_prompt, limit_tokens) -> list:
+        from ..regions import token_spans
+
+        limit = self.gemma_max_tokens if limit_tokens else None
+        try:
+            pairs = [
+                token_spans(self.gemma_tokenizer, p, system_prompt_for(p, system_prompt, custom_system_prompt), limit)
+                for p in prompts
+            ]
+        except NotImplementedError:  # this tokenizer reports no offsets
+            return []
+        return [spans if ids == row else None for (ids, spans), row in zip(pairs, gemma_rows)]
 
 
 def load_text_encoders(gemma_path, jina_path, dtype=None, device="cpu") -> TextEncoders:

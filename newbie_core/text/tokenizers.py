@@ -27,6 +27,18 @@ class Tokenizer:
     def encode_plain(self, text: str) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def encode_plain_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        raise NotImplementedError(f"{type(self).__name__} cannot report token offsets")
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int] | None]]:
+        """``encode(text)`` plus each token's ``[start, end)`` character range in ``text`` (None for BOS/EOS)."""
+        ids, offsets = self.encode_plain_offsets(text)
+        if self.add_bos and self.bos_id is not None:
+            ids, offsets = [self.bos_id] + ids, [None] + offsets
+        if self.add_eos and self.eos_id is not None:
+            ids, offsets = ids + [self.eos_id], offsets + [None]
+        return ids, offsets
+
     def encode(self, text: str) -> list[int]:
         ids = self.encode_plain(text)
         if self.add_bos and self.bos_id is not None:
@@ -57,6 +69,15 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_plain(self, text: str) -> list[int]:
         return list(self.sp.EncodeAsIds(text))
 
+    def encode_plain_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        try:  # character (code point) offsets; sentencepiece >= 0.2.1
+            out = self.sp.encode(text, out_type="offset_mapping")
+        except (ValueError, TypeError, RuntimeError):
+            raise NotImplementedError(
+                "this sentencepiece version cannot report token offsets (needs sentencepiece >= 0.2.1)"
+            ) from None
+        return list(out["ids"]), [tuple(o) for o in out["offsets"]]
+
 
 class JSONTokenizer(Tokenizer):
     """An HF ``tokenizer.json`` through the ``tokenizers`` library (already a transformers dependency)."""
@@ -74,6 +95,10 @@ class JSONTokenizer(Tokenizer):
     def encode_plain(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
+    def encode_plain_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+
 
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes shifted past the special ids; for the embedded smoke-test model only."""
@@ -84,6 +109,14 @@ class ByteTokenizer(Tokenizer):
 
     def encode_plain(self, text: str) -> list[int]:
         return [b + self.offset for b in text.encode("utf-8")]
+
+    def encode_plain_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        ids, offsets = [], []
+        for i, ch in enumerate(text):
+            for b in ch.encode("utf-8"):
+                ids.append(b + self.offset)
+                offsets.append((i, i + 1))
+        return ids, offsets
 
 
 def tokenizer_from_folder(folder: Path, add_bos: bool, add_eos: bool, specials: tuple[str, str, str]):

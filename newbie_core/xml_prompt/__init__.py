@@ -15,6 +15,7 @@ from .prompt import (
     parse,
     pretty,
 )
+from .regions import extract_regions
 from .schema import CHARACTER_FIELDS, GENERAL_FIELDS
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "XMLPromptError",
     "XMLPromptWarning",
     "build",
+    "extract_regions",
     "looks_like_xml",
     "normalize_tag",
     "normalize_tags",

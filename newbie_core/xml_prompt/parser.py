@@ -44,6 +44,7 @@ class Element:
     tag: str
     start: int
     children: list = field(default_factory=list)
+    end: int = -1  # index just past the closing tag
 
     def text(self) -> str:
         return "".join(c.value for c in self.children if isinstance(c, Text))
@@ -202,7 +203,7 @@ def parse_tree(text: str) -> list:
             if top.tag != name:
                 ol, oc = pos(top.start)
                 fail(f"</{name}> closes <{top.tag}>, which was opened at line {ol}, column {oc}", i, name)
-            stack.pop()
+            stack.pop().end = close.end()
             i = close.end()
             continue
         m = _NAME.match(text, i + 1)
@@ -223,7 +224,7 @@ def parse_tree(text: str) -> list:
         else:
             fail(f"<{name}> has attributes or stray characters; NewBie prompts use plain <tag>value</tag>", i, name)
         flush()
-        element = Element(name, i)
+        element = Element(name, i, end=end)
         stack[-1].children.append(element)
         if not self_closing:
             if len(stack) > MAX_DEPTH:

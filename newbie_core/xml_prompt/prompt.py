@@ -5,8 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..layout import RegionError, parse_box
 from .parser import Element, Positions, Text, XMLPromptError, decode, looks_like_xml, parse_tree, stray_markup
-from .schema import CHARACTER_FIELDS, CHARACTER_TAG, GENERAL_FIELDS, NATURAL_LANGUAGE_FIELDS, ROOTS, SECTIONS
+from .schema import (
+    CHARACTER_FIELDS,
+    CHARACTER_TAG,
+    GENERAL_FIELDS,
+    LAYOUT_FIELDS,
+    NATURAL_LANGUAGE_FIELDS,
+    ROOTS,
+    SECTIONS,
+)
 
 
 @dataclass(frozen=True)
@@ -152,12 +161,26 @@ class _Reader:
             if el.elements():
                 inner = el.elements()[0]
                 self.fail(f"<{inner.tag}> cannot be nested inside <{el.tag}>", inner.start, inner.tag)
-            if el.tag not in known:
+            if el.tag in LAYOUT_FIELDS and CHARACTER_TAG.match(block.tag):
+                self._check_region(el, block)
+            elif el.tag not in known:
                 self.warn(
                     f"unknown tag <{el.tag}> in <{block.tag}> (kept; the model was not trained on it)", el.start, el.tag
                 )
             out[el.tag] = el.text().strip()
         return out
+
+    def _check_region(self, el: Element, block: Element):
+        value = el.text()
+        at = el.start
+        for node in el.children:
+            if isinstance(node, Text) and node.value.strip():
+                at = node.start + (len(node.value) - len(node.value.lstrip()))
+                break
+        try:
+            parse_box(value)
+        except RegionError as exc:
+            self.fail(f"<{el.tag}> of <{block.tag}> {exc}", at, el.tag)
 
 
 # ---------------------------------------------------------------------------- building

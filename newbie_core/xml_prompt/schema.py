@@ -35,6 +35,9 @@ GENERAL_FIELDS = (
     "other",
 )
 
+#: Layout data inside ``<character_N>``: validated, not prompt text (see ``newbie_core.layout``).
+LAYOUT_FIELDS = ("region",)
+
 #: Top-level sections besides ``character_N``; ``image`` is the optional root the official assembler writes.
 SECTIONS = ("caption", "general_tags")
 ROOTS = ("image",)

@@ -356,6 +356,12 @@ def test_encode_node_applies_the_split_to_core_newbie_clip(node_classes, tiny, m
     assert unesc.shape[1] == len(tok.gemma.tokenizer("rem_(re:zero), (smile:1.2)")["input_ids"])
     ((lit, _),) = node_classes["NewBieTextEncode"].execute(clip, text, "none", "", "literal").result[0]
     assert lit.shape[1] == len(tok.gemma.tokenizer(text)["input_ids"])
+    # character token spans (for regions) come out the same as with this pack's CLIP
+    xml = "<character_1><n>a</n><region>0,0,500,1000</region></character_1>\n<character_2><n>b</n></character_2>"
+    ((_, core_extras),) = node_classes["NewBieTextEncode"].execute(clip, xml, "auto", "").result[0]
+    ((_, our_extras),) = node_classes["NewBieTextEncode"].execute(_clip(node_classes), xml, "auto", "").result[0]
+    assert core_extras["newbie_spans"] == our_extras["newbie_spans"]
+    assert sorted(core_extras["newbie_spans"].characters) == [1, 2] and core_extras["newbie_regions"]
 
 
 def test_vae_decode_falls_back_to_tiles_on_out_of_memory_only(node_classes, tiny, comfy):
