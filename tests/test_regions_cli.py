@@ -208,3 +208,17 @@ def test_regions_work_with_the_step_cache(pipe):
     assert torch.equal(pipe.generate(small(prompt=WITH_REGION, steps=3, step_cache=0.0)).latents, ref.latents)
     cached = pipe.generate(small(prompt=WITH_REGION, steps=3, step_cache=0.5))
     assert torch.isfinite(cached.latents).all()
+
+
+def test_batch_items_with_different_regions_each_equal_their_single_run(pipe):
+    """One batched forward over items whose XML places character_1 differently: each item's latent is the one its
+    own single run gives (its own layout and spans), and the two layouts really differ."""
+    left = small(prompt=WITH_REGION)
+    right = small(prompt=WITH_REGION.replace("0,0,500,1000", "500,0,1000,1000"))
+    plain = small(prompt=TWO)
+    batch = pipe.generate(left, items=[left, right, plain])
+    singles = [pipe.generate(s).latents for s in (left, right, plain)]
+    for i, one in enumerate(singles):
+        assert torch.allclose(batch.latents[i : i + 1], one, atol=1e-5, rtol=0), i
+    assert not torch.allclose(singles[0], singles[1], atol=1e-4)
+    assert not torch.allclose(singles[0], singles[2], atol=1e-4)
