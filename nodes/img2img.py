@@ -20,7 +20,7 @@ from ..newbie_core import img2img, png_runs
 from ..newbie_core.errors import ConfigError
 from ._api import io, schema
 from .comfy_sampling import NEWBIE_SAMPLERS, sampler_for, sampler_names, with_official_guidance
-from .latent_vae import _is_oom
+from .latent_vae import _is_oom, tile_inputs
 from .sampling import CFG_TRUNC_TIP, RENORM_TIP
 
 log = logging.getLogger("newbie")
@@ -55,17 +55,7 @@ class NewBieVAEEncode(io.ComfyNode):
             inputs=[
                 io.Image.Input("pixels", tooltip="The image to start from (e.g. Load Image)."),
                 io.Vae.Input("vae", tooltip="The FLUX.1 16-channel VAE (VAELoader with ae.safetensors)."),
-                io.Int.Input(
-                    "tile_size",
-                    default=512,
-                    min=128,
-                    max=4096,
-                    step=32,
-                    tooltip="Tile edge in pixels for the out-of-memory fallback.",
-                ),
-                io.Int.Input(
-                    "overlap", default=64, min=0, max=1024, step=32, tooltip="Tile overlap in pixels (blended)."
-                ),
+                *tile_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The image's latent, same format as stock VAE Encode.")],
         )

@@ -85,6 +85,21 @@ class NewBieEmptyLatent(io.ComfyNode):
         return io.NodeOutput({"samples": samples})
 
 
+def tile_inputs() -> list:
+    """The tiled-fallback widgets shared by the NewBie VAE encode and decode nodes (same names, same defaults)."""
+    return [
+        io.Int.Input(
+            "tile_size",
+            default=512,
+            min=128,
+            max=4096,
+            step=32,
+            tooltip="Tile edge in pixels for the out-of-memory fallback.",
+        ),
+        io.Int.Input("overlap", default=64, min=0, max=1024, step=32, tooltip="Tile overlap in pixels (blended)."),
+    ]
+
+
 def _is_oom(exc: Exception) -> bool:
     is_oom = getattr(mm, "is_oom", None)  # newer cores also recognise accelerator OOM errors
     return (
@@ -105,17 +120,7 @@ class NewBieVAEDecode(io.ComfyNode):
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent from the sampler."),
                 io.Vae.Input("vae", tooltip="The FLUX.1 16-channel VAE (VAELoader with ae.safetensors)."),
-                io.Int.Input(
-                    "tile_size",
-                    default=512,
-                    min=128,
-                    max=4096,
-                    step=32,
-                    tooltip="Tile edge in pixels for the out-of-memory fallback.",
-                ),
-                io.Int.Input(
-                    "overlap", default=64, min=0, max=1024, step=32, tooltip="Tile overlap in pixels (blended)."
-                ),
+                *tile_inputs(),
             ],
             outputs=[io.Image.Output(tooltip="Decoded images.")],
         )
