@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import comfy.patcher_extension as pe
+import comfy.sample
 import comfy.samplers
+import comfy.utils
+import latent_preview
 import torch
 
 from ..newbie_core import img2img, sampling, solvers
@@ -97,3 +100,24 @@ def sampler_names() -> list[str]:
 
 def scheduler_names() -> list[str]:
     return [OFFICIAL_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def sample_on_sigmas(guided, latent, sigmas, seed, cfg, sampler_name, positive, negative, batch_index=None, **kw):
+    """One sampler run on a given sigma grid with ComfyUI's own noise, previews and progress bar (``kw``: e.g.
+    ``noise_mask``). Shared by NewBie Sampler and NewBie Hires Fix."""
+    noise = comfy.sample.prepare_noise(latent, seed, batch_index)
+    callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
+    return comfy.sample.sample_custom(
+        guided,
+        noise,
+        cfg,
+        sampler_for(sampler_name),
+        sigmas,
+        positive,
+        negative,
+        latent,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+        **kw,
+    )

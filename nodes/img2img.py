@@ -11,15 +11,12 @@ import logging
 import os
 
 import comfy.model_management as mm
-import comfy.sample
-import comfy.utils
-import latent_preview
 import torch
 
 from ..newbie_core import img2img, png_runs
 from ..newbie_core.errors import ConfigError
 from ._api import io, schema
-from .comfy_sampling import NEWBIE_SAMPLERS, sampler_for, sampler_names, with_official_guidance
+from .comfy_sampling import NEWBIE_SAMPLERS, sample_on_sigmas, sampler_names, with_official_guidance
 from .latent_vae import _is_oom, tile_inputs
 from .sampling import CFG_TRUNC_TIP, RENORM_TIP
 
@@ -159,20 +156,8 @@ class NewBieHiresFix(io.ComfyNode):
             out["samples"] = latent
             return io.NodeOutput(out)
         guided = with_official_guidance(model, cfg_trunc, renorm)
-        noise = comfy.sample.prepare_noise(latent, seed, out.get("batch_index"))
-        callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
-        out["samples"] = comfy.sample.sample_custom(
-            guided,
-            noise,
-            cfg,
-            sampler_for(sampler_name),
-            sigmas,
-            positive,
-            negative,
-            latent,
-            callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-            seed=seed,
+        out["samples"] = sample_on_sigmas(
+            guided, latent, sigmas, seed, cfg, sampler_name, positive, negative, batch_index=out.get("batch_index")
         )
         return io.NodeOutput(out)
 

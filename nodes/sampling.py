@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.sample
-import comfy.utils
-import latent_preview
-
 from ..newbie_core.defaults import OFFICIAL, RANGES, SEED_LIMIT
 from ._api import io, schema
 from .comfy_sampling import (
     OFFICIAL_SCHEDULER,
-    sampler_for,
+    sample_on_sigmas,
     sampler_names,
     scheduler_names,
     sigmas_for,
@@ -129,21 +124,17 @@ class NewBieSampler(io.ComfyNode):
         sigmas = sigmas_for(guided, scheduler, steps, denoise, sampler_name)
         if len(sigmas) < 2:  # denoise 0: no step, the latent comes back as it went in
             return io.NodeOutput(dict(latent_image))
-        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
-        callback = latent_preview.prepare_callback(guided, len(sigmas) - 1)
-        samples = comfy.sample.sample_custom(
+        samples = sample_on_sigmas(
             guided,
-            noise,
-            cfg,
-            sampler_for(sampler_name),
+            latent,
             sigmas,
+            seed,
+            cfg,
+            sampler_name,
             positive,
             negative,
-            latent,
+            batch_index=latent_image.get("batch_index"),
             noise_mask=latent_image.get("noise_mask"),
-            callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-            seed=seed,
         )
         out = dict(latent_image)
         out["samples"] = samples
