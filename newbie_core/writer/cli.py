@@ -36,18 +36,12 @@ def add_write_parser(sub) -> argparse.ArgumentParser:
 
 def _settings(args) -> WriterSettings:
     """Validated before anything loads; each error names its flag."""
-    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise ConfigError(f"--max-new-tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {args.max_new_tokens}")
-    if not 0.0 <= args.temperature <= 10.0:
-        raise ConfigError(f"--temperature must be 0..10 (0 = greedy), got {args.temperature}")
-    if not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not 0 <= args.seed < 2**64:
-        raise ConfigError(f"--seed must be 0..2**64-1, got {args.seed}")
     if not args.text.strip():
         raise ConfigError("the description TEXT is empty")
+    settings = WriterSettings(args.seed, args.max_new_tokens, args.temperature, args.top_p)
+    settings.validate(label=lambda field: "--" + field.replace("_", "-"))
     partial_state(args.complete)
-    return WriterSettings(args.seed, args.max_new_tokens, args.temperature, args.top_p)
+    return settings
 
 
 def _load(args, err):

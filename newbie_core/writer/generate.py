@@ -30,15 +30,16 @@ class WriterSettings:
     top_p: float = 0.95
     use_cache: bool = True
 
-    def validate(self) -> None:
+    def validate(self, label=str) -> None:
+        """The writer's one set of rules; ``label`` turns a field name into what the caller calls it (a CLI flag)."""
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ConfigError(f"max_new_tokens must be 1..{MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}")
+            raise ConfigError(f"{label('max_new_tokens')} must be 1..{MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}")
         if not 0.0 <= self.temperature <= 10.0:
-            raise ConfigError(f"temperature must be 0..10 (0 = greedy), got {self.temperature}")
+            raise ConfigError(f"{label('temperature')} must be 0..10 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"{label('top_p')} must be in (0, 1], got {self.top_p}")
         if not 0 <= self.seed < 2**64:
-            raise ConfigError(f"seed must be 0..2**64-1, got {self.seed}")
+            raise ConfigError(f"{label('seed')} must be 0..2**64-1, got {self.seed}")
 
 
 @dataclass
