@@ -1,14 +1,18 @@
 """Next-DiT forward time and peak memory: ours vs ComfyUI core's NextDiT on identical weights.
 
     python benchmarks/bench_dit.py                      # ours only (CPU; full config too when CUDA is present)
+    python benchmarks/bench_dit.py --compile            # ours with the repeated block compiled (the GPU target)
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_dit.py   # adds core's NextDiT and the ratio
 
 Each measurement runs in its own process so peak memory is that model's alone. Prints a table.
+On the CPU, ``ours`` samples as the pipeline does, from oneDNN-packed Linear weights
+(``newbie_core.dit.cpu_pack``); ``ours-dense`` is the same model on torch's default dense Linear.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -92,11 +96,12 @@ def _core_model(cfg, device, dtype):
     return model
 
 
-def measure(name: str, impl: str, device: str, dtype_name: str, repeats: int) -> dict:
+def measure(name: str, impl: str, device: str, dtype_name: str, repeats: int, compile_block: bool = False) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
     from newbie_core.dit import NEWBIE_EXP01, NextDiT
+    from newbie_core.dit.cpu_pack import packed_for_cpu
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     overrides, side, cap_len, batch = CONFIGS[name]
@@ -110,6 +115,10 @@ def measure(name: str, impl: str, device: str, dtype_name: str, repeats: int) ->
             p.normal_(0, 0.02)
     ours.eval().requires_grad_(False)
     model = ours
+    if compile_block and impl != "core":
+        from newbie_core.dit.compile import compile_repeated_block
+
+        compile_repeated_block(ours)
     if impl == "core":
         model = _core_model(cfg, device, dtype)
         missing, unexpected = model.load_state_dict(ours.state_dict(), strict=False)
@@ -127,7 +136,8 @@ def measure(name: str, impl: str, device: str, dtype_name: str, repeats: int) ->
         return model(x, 1 - sigma, cap, None, pooled)
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    with torch.no_grad():
+    packing = packed_for_cpu(model) if impl == "ours" and device == "cpu" else contextlib.nullcontext()
+    with torch.no_grad(), packing:
         run()
         run()
         sync()
@@ -160,10 +170,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=None, help="small mid full")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--compile", action="store_true", help="compile our repeated block (core stays eager)")
     parser.add_argument("--one", nargs=4, metavar=("CONFIG", "IMPL", "DEVICE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(*args.one, args.repeats)))
+        print(json.dumps(measure(*args.one, args.repeats, args.compile)))
         return
 
     import torch
@@ -171,24 +182,27 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     configs = args.configs or (["small", "mid", "full"] if device == "cuda" else ["small", "mid"])
     dtype = "bf16" if device == "cuda" else "fp32"
-    impls = ["ours"] + (["core"] if os.environ.get("COMFYUI_PATH") else [])
+    impls = (
+        ["ours"] + (["ours-dense"] if device == "cpu" else []) + (["core"] if os.environ.get("COMFYUI_PATH") else [])
+    )
     rows = []
     for name in configs:
         for impl in impls:
             cmd = [sys.executable, __file__, "--one", name, impl, device, dtype, "--repeats", str(args.repeats)]
+            cmd += ["--compile"] if args.compile else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{name}/{impl} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(
-        f"{'config':7} {'impl':5} {'device':6} {'dtype':5} {'tokens':>7} {'forward ms':>11} {'peak MiB':>9} {'ours/core':>9}"
+        f"{'config':7} {'impl':10} {'device':6} {'dtype':5} {'tokens':>7} {'forward ms':>11} {'peak MiB':>9} {'ours/core':>9}"
     )
     for r in rows:
         core = next((c for c in rows if c["config"] == r["config"] and c["impl"] == "core"), None)
-        ratio = f"{r['ms'] / core['ms']:.2f}" if core and r["impl"] == "ours" else ""
+        ratio = f"{r['ms'] / core['ms']:.2f}" if core and r["impl"] != "core" else ""
         print(
-            f"{r['config']:7} {r['impl']:5} {r['device']:6} {r['dtype']:5} {r['tokens']:7d} {r['ms']:11.1f} "
+            f"{r['config']:7} {r['impl']:10} {r['device']:6} {r['dtype']:5} {r['tokens']:7d} {r['ms']:11.1f} "
             f"{r['peak_mib']:9.0f} {ratio:>9}"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -244,6 +245,7 @@ class NewBiePipeline:
         settings.validate()
         if settings.init_image:  # the PNG records which file it started from
             settings = dataclasses.replace(settings, init_image_sha256=img2img.file_sha256(settings.init_image))
+        from .dit.cpu_pack import packed_for_cpu
         from .dit.step_cache import StepCache
         from .memory import StageMemory
         from .text.conditioning import gemma_text
@@ -300,8 +302,9 @@ class NewBiePipeline:
         saved_runner = dit.layer_runner
         if settings.step_cache > 0:
             dit.layer_runner = StepCache(settings.step_cache)
+        packing = packed_for_cpu(dit) if self.device.type == "cpu" else contextlib.nullcontext()
         try:
-            with stages.stage("sample"):
+            with stages.stage("sample"), packing:
                 if inputs is None:
                     times = sampling.solver_times(settings.solver, settings.steps, settings.shift)
                     latents = sampling.integrate(velocity, noise, times, settings.solver, callback)

@@ -10,6 +10,8 @@ from dit_helpers import inputs, tiny_model
 
 from newbie_core import memory
 from newbie_core.cli import main
+from newbie_core.dit import NEWBIE_EXP01, NextDiT, tiny_config
+from newbie_core.dit.layers import RMSNorm
 from newbie_core.pipeline import GenerationSettings, NewBiePipeline
 
 
@@ -87,3 +89,32 @@ def test_bad_step_cache_flag_is_one_line_before_any_model_loads():
     assert err.getvalue() == (
         "error: argument --step-cache: must be from 0 to 1 (0 = off), not 2 (see python -m newbie_core generate --help)\n"
     )
+
+
+class _HostLinear(torch.nn.Linear):
+    """Stands for a host's casting/offloading Linear (core's ``operations.Linear``)."""
+
+
+class _HostNorm(RMSNorm):
+    """Stands for the host's casting RMSNorm (the pack's ``operations.NewBieRMSNorm`` in ComfyUI)."""
+
+
+class _host_operations:
+    Linear = _HostLinear
+    NewBieRMSNorm = _HostNorm
+
+
+@pytest.mark.parametrize("config", [tiny_config(), NEWBIE_EXP01], ids=["tiny", "released"])
+def test_every_weight_lives_in_a_layer_built_from_the_hosts_operations(config):
+    """What core's low-VRAM partial loading relies on (the host suite runs the real thing): a weight created
+    outside ``operations`` would be left resident, or moved behind the patcher's back."""
+    with torch.device("meta"):
+        model = NextDiT(config, operations=_host_operations)
+    outside = [
+        f"{module_name}.{name}"
+        for module_name, module in model.named_modules()
+        for name, _ in module.named_parameters(recurse=False)
+        if not isinstance(module, (_HostLinear, _HostNorm))
+    ]
+    assert outside == []
+    assert sum(p.numel() for p in model.parameters()) > (3_000_000_000 if config is NEWBIE_EXP01 else 0)
