@@ -227,7 +227,8 @@ def test_official_jina_layout_merges_retrieval_query_lora_like_naive_reference(f
     assert ids == [0, 5, 6, 11, 3, 2]
     ref = naive_jina_pooled(merged, torch.tensor(ids), heads=2)
     got = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-    assert torch.allclose(got[0].double(), ref, atol=1e-5)
+    # float32 against float64 with 1-2 ulp per op: the bound holds for any thread count (OMP_NUM_THREADS=1 too)
+    assert float((got[0].double() - ref).norm() / ref.norm()) <= 1e-5
     unmerged = naive_jina_pooled(base, torch.tensor(ids), heads=2)
     assert not torch.allclose(got[0].double(), unmerged, atol=1e-3)  # the adapter really changes the vector
 
