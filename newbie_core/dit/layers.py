@@ -166,9 +166,9 @@ class JointTransformerBlock(nn.Module):
         if self.modulation:
             scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(4, dim=-1)
             h = self.attention(self.attention_norm1(x, dtype) * (1 + scale_msa), key_mask, freqs, attention)
-            x = x + gate_msa.tanh() * self.attention_norm2(h, x.dtype)
+            x = torch.addcmul(x, gate_msa.tanh(), self.attention_norm2(h, x.dtype))  # one pass for gate + residual
             h = self.feed_forward(self.ffn_norm1(x, dtype) * (1 + scale_mlp))
-            return x + gate_mlp.tanh() * self.ffn_norm2(h, x.dtype)
+            return torch.addcmul(x, gate_mlp.tanh(), self.ffn_norm2(h, x.dtype))
         x = x + self.attention_norm2(
             self.attention(self.attention_norm1(x, dtype), key_mask, freqs, attention), x.dtype
         )
