@@ -74,11 +74,22 @@ def attach(conditioning, **extra):
 
 class RegionBatch:
     """Per-sample layouts of one model call (None = unmasked) and their settings; not a list, so ComfyUI
-    passes it through to the model untouched."""
+    passes it through to the model untouched.
 
-    def __init__(self, samples: list[SampleRegions | None], settings: RegionSettings):
+    ComfyUI rebuilds the batch's cond objects on every step, so the RegionalAttention of each batch
+    composition (and with it the key bias it builds, up to ~150 MiB at 1024²) is kept in a small store
+    shared by every RegionBatch derived from the same sampling run's cond; it goes when that cond goes.
+    """
+
+    STORE_SIZE = 4  # batch compositions per run: cond+uncond together, or apart when memory splits them
+
+    def __init__(self, samples: list[SampleRegions | None], settings: RegionSettings, store: dict | None = None):
         self.samples = samples
         self.settings = settings
+        self.store = {} if store is None else store
+
+    def derived(self, samples: list[SampleRegions | None]) -> RegionBatch:
+        return RegionBatch(samples, self.settings, self.store)
 
     def for_call(self, sigma: torch.Tensor, cond_or_uncond=None) -> RegionalAttention | None:
         samples = list(self.samples)
@@ -87,7 +98,13 @@ class RegionBatch:
             for chunk, kind in enumerate(cond_or_uncond):
                 if kind == 1:  # CFG's uncond: never masked
                     samples[chunk * per : (chunk + 1) * per] = [None] * per
-        regions = RegionalAttention(samples, self.settings)
+        key = tuple(map(id, samples))  # the stored RegionalAttention keeps these objects alive: ids stay unique
+        regions = self.store.get(key)
+        if regions is None:
+            regions = RegionalAttention(samples, self.settings)
+            while len(self.store) >= self.STORE_SIZE:
+                self.store.pop(next(iter(self.store)))
+            self.store[key] = regions
         t = 1.0 - float(sigma.flatten()[0])
         return regions if regions.active_at(t) else None
 
@@ -97,7 +114,7 @@ class RegionCond(comfy.conds.CONDRegular):
 
     def process_cond(self, batch_size, **kwargs):
         samples = self.cond.samples
-        return self._copy_with(RegionBatch(samples * max(1, batch_size // len(samples)), self.cond.settings))
+        return self._copy_with(self.cond.derived(samples * max(1, batch_size // len(samples))))
 
     def can_concat(self, other):
         return self.cond.settings == other.cond.settings
@@ -106,7 +123,7 @@ class RegionCond(comfy.conds.CONDRegular):
         samples = list(self.cond.samples)
         for o in others:
             samples += o.cond.samples
-        return RegionBatch(samples, self.cond.settings)
+        return self.cond.derived(samples)
 
     def size(self):
         return [1]

@@ -143,3 +143,41 @@ def test_regions_apply_in_our_sampler_and_stock_ones_uncond_unmasked(node_classe
     sampler = node_classes["NewBieSampler"]
     sampler.execute(model, regional, regional, latent, 7, 1, 4.0, 1.0, 0.0, "newbie_euler", "newbie_official")
     assert calls and all(sum(s is None for s in r.samples) == 1 for _, r in calls)
+
+
+def test_region_bias_is_built_once_per_sampling_run_not_per_step(node_classes, tiny, comfy, monkeypatch):
+    """ComfyUI rebuilds its cond batch every step; the [B, 1, S, S] key bias must still be built only once."""
+    import comfy.sample
+
+    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
+    clip = _clip(node_classes)
+    pos = node_classes["NewBieTextEncode"].execute(clip, TWO, "auto", "").result[0]
+    neg = node_classes["NewBieTextEncode"].execute(clip, "", "auto", "").result[0]
+    regional = node_classes["NewBieRegions"].execute(pos, SIDE_BY_SIDE, "shared", 1.0, 0.0).result[0]
+    latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 64, 1).result[0]
+
+    pack_regions = sys.modules[node_classes["NewBieSampler"].__module__.rsplit(".", 2)[0] + ".newbie_core.regions"]
+    original = pack_regions.RegionalAttention._build
+    builds, seen = [], []
+
+    def counting(self, *args):
+        builds.append(args[3])  # the joint sequence length
+        return original(self, *args)
+
+    def spy(self, *args, **kwargs):
+        seen.append(self)
+        return original_bias(self, *args, **kwargs)
+
+    original_bias = pack_regions.RegionalAttention.joint_bias
+    monkeypatch.setattr(pack_regions.RegionalAttention, "_build", counting)
+    monkeypatch.setattr(pack_regions.RegionalAttention, "joint_bias", spy)
+
+    sampler = node_classes["NewBieSampler"]
+    sampler.execute(model, regional, neg, latent, 7, 4, 4.0, 1.0, 0.0, "newbie_euler", "newbie_official")
+    assert len(seen) == 4 and len(builds) == 1  # each of the 4 steps asks (one CFG batch); one build
+    assert all(r is seen[0] for r in seen)
+
+    builds.clear()
+    noise = comfy.sample.prepare_noise(latent["samples"], 7)
+    comfy.sample.sample(model, noise, 4, 4.0, "euler", "simple", regional, neg, latent["samples"])
+    assert len(builds) == 1  # a new run builds again, once
