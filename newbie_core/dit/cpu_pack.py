@@ -4,9 +4,10 @@ torch's CPU Linear hands the dense ``[out, in]`` weight to MKL's sgemm on every 
 the weight reordered once into the layout its kernels read is 20-35 % faster on the same maths
 (``benchmarks/bench_dit.py``: ``ours`` against ``ours-dense``). Packing happens around one
 generation: each weight is replaced by its packed form (one copy in memory at any time) and put
-back bit for bit on exit, so LoRA merges, ``.to()``, state dicts and the ComfyUI patcher always
-see ordinary dense weights. Only plain ``nn.Linear`` layers in float32 or bfloat16 are packed;
-hosts' casting layers, compiled blocks and fp16/fp8 compute stay as they are.
+back bit for bit on exit, so LoRA merges, ``.to()`` and state dicts always see ordinary dense
+weights. Only plain ``nn.Linear`` layers in float32 or bfloat16 are packed; hosts' casting layers
+(so everything in ComfyUI, where the patcher owns the weights), compiled blocks and fp16/fp8
+compute stay as they are.
 """
 
 from __future__ import annotations
