@@ -92,19 +92,25 @@ def test_regions_node_rejects_bad_input_with_a_clear_line(node_classes, tiny):
     )
 
 
-def test_regions_apply_in_our_sampler_and_stock_ones_uncond_unmasked(node_classes, tiny, comfy, monkeypatch):
-    import comfy.sample
-
+def _two_characters(node_classes):
+    """The tiny MODEL, the two-character positive, an empty negative, side-by-side regions and a 64² latent."""
     model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
     clip = _clip(node_classes)
     pos = node_classes["NewBieTextEncode"].execute(clip, TWO, "auto", "").result[0]
     neg = node_classes["NewBieTextEncode"].execute(clip, "", "auto", "").result[0]
     regional = node_classes["NewBieRegions"].execute(pos, SIDE_BY_SIDE, "shared", 1.0, 0.0).result[0]
+    latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 64, 1).result[0]
+    return model, pos, neg, regional, latent
+
+
+def test_regions_apply_in_our_sampler_and_stock_ones_uncond_unmasked(node_classes, tiny, comfy, monkeypatch):
+    import comfy.sample
+
+    model, pos, neg, regional, latent = _two_characters(node_classes)
     full = node_classes["NewBieRegions"].execute(pos, FULL, "shared", 1.0, 0.0).result[0]
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1.0
     masked = node_classes["NewBieRegions"].execute(pos, "", "shared", 1.0, 0.0, mask_1=mask).result[0]
-    latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 64, 1).result[0]
 
     pack_model = sys.modules[node_classes["NewBieSampler"].__module__.rsplit(".", 2)[0] + ".newbie_core.dit.model"]
     original = pack_model.NextDiT.forward
@@ -149,12 +155,7 @@ def test_region_bias_is_built_once_per_sampling_run_not_per_step(node_classes, t
     """ComfyUI rebuilds its cond batch every step; the [B, 1, S, S] key bias must still be built only once."""
     import comfy.sample
 
-    model = node_classes["NewBieDiTLoader"].execute("NewBie-tiny.safetensors", "fp32").result[0]
-    clip = _clip(node_classes)
-    pos = node_classes["NewBieTextEncode"].execute(clip, TWO, "auto", "").result[0]
-    neg = node_classes["NewBieTextEncode"].execute(clip, "", "auto", "").result[0]
-    regional = node_classes["NewBieRegions"].execute(pos, SIDE_BY_SIDE, "shared", 1.0, 0.0).result[0]
-    latent = node_classes["NewBieEmptyLatent"].execute("custom", 64, 64, 1).result[0]
+    model, _pos, neg, regional, latent = _two_characters(node_classes)
 
     pack_regions = sys.modules[node_classes["NewBieSampler"].__module__.rsplit(".", 2)[0] + ".newbie_core.regions"]
     original = pack_regions.RegionalAttention._build
