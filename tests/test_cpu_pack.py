@@ -9,6 +9,7 @@ import torch
 from dit_helpers import inputs, reference_cfg, tiny_model
 from reference_dit import reference_forward
 
+from newbie_core import memory
 from newbie_core.dit import NextDiT, cpu_pack, tiny_config
 from newbie_core.dit.cpu_pack import PackedLinear, packed_for_cpu, packing_works
 from newbie_core.dit.layers import casting_operations
@@ -103,13 +104,15 @@ def test_only_the_packed_copy_exists_while_packed():
         assert sum(m.weight.numel() for m in packed) == sum(m.out_features * m.in_features for m in originals)
 
 
-def test_layers_that_cast_or_compute_in_another_dtype_are_left_alone():
+def test_layers_that_cast_compute_in_another_dtype_or_are_streamed_are_left_alone():
     fp16_compute = tiny_model(seed=1)
     fp16_compute.compute_dtype = torch.float16
     compiled = tiny_model(seed=1)
     compiled._compiled_block = object()
     casting = NextDiT(tiny_config(), operations=casting_operations).eval().requires_grad_(False)
-    for model in (fp16_compute, compiled, casting):
+    streamed = tiny_model(seed=1)
+    memory.stream(streamed, "cpu")  # its streamer keeps references to the dense weights it swaps in and out
+    for model in (fp16_compute, compiled, casting, streamed):
         with packed_for_cpu(model) as packed:
             assert packed == 0
             assert not any(isinstance(m, PackedLinear) for m in model.modules())

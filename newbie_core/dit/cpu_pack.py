@@ -6,8 +6,8 @@ the weight reordered once into the layout its kernels read is 20-35 % faster on 
 generation: each weight is replaced by its packed form (one copy in memory at any time) and put
 back bit for bit on exit, so LoRA merges, ``.to()`` and state dicts always see ordinary dense
 weights. Only plain ``nn.Linear`` layers in float32 or bfloat16 are packed; hosts' casting layers
-(so everything in ComfyUI, where the patcher owns the weights), compiled blocks and fp16/fp8
-compute stay as they are.
+(so everything in ComfyUI, where the patcher owns the weights), compiled blocks, models with
+forward hooks (streamed blocks) and fp16/fp8 compute stay as they are.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def _packable(module: nn.Module) -> bool:
 def _eligible(model: nn.Module) -> bool:
     if getattr(model, "_compiled_block", None) is not None:  # inductor packs (and guards on) the dense weights
         return False
+    if any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()):
+        return False  # someone else moves these weights (memory.LayerStreamer holds its own references to them)
     compute = getattr(model, "compute_dtype", None)
     weight = model.x_embedder.weight
     return compute is None or compute == weight.dtype
