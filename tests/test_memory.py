@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pytest
@@ -10,7 +11,7 @@ from dit_helpers import inputs, tiny_model
 
 from newbie_core import memory
 from newbie_core.cli import main
-from newbie_core.dit import NEWBIE_EXP01, NextDiT, tiny_config
+from newbie_core.dit import NEWBIE_EXP01, NextDiT, cpu_pack, tiny_config
 from newbie_core.dit.layers import RMSNorm
 from newbie_core.pipeline import GenerationSettings, NewBiePipeline
 
@@ -38,7 +39,9 @@ def test_streamed_blocks_compute_exactly_the_resident_result_and_prefetch_one_ah
     streamer.remove()
 
 
-def test_every_profile_generates_what_the_resident_pipeline_generates():
+def test_every_profile_generates_what_the_resident_pipeline_generates(monkeypatch):
+    # streamed blocks are never packed for the CPU (tests/test_cpu_pack.py); compare like with like, bit for bit
+    monkeypatch.setattr(cpu_pack, "packed_for_cpu", lambda model: contextlib.nullcontext(0))
     settings = GenerationSettings(prompt="1girl", width=64, height=64, steps=2, seed=3)
     resident = NewBiePipeline.tiny().generate(settings)
     for vram in (12, 6):
