@@ -6,7 +6,8 @@ A profile is only a composition of four switches, each usable on its own:
 * ``dit_storage``: the DiT's weights stored in fp8, cast to the bf16/fp16 compute dtype per layer;
 * ``stream_text_encoders`` / ``stream_dit``: repeated blocks stay in (pinned) CPU memory and each is
   copied to the GPU just before it runs, the next block's copy overlapping the current block's
-  compute on a side CUDA stream; on the CPU the copies are no-ops, so results are identical;
+  compute on a side CUDA stream; on the CPU the copies are no-ops and a streamed run gives the resident
+  run's numbers bit for bit (both unpacked: ``dit.cpu_pack`` leaves models with hooks dense);
 * ``vae_tile``: VAE decode in tiles of this many latent pixels.
 """
 

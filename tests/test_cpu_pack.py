@@ -74,13 +74,22 @@ def test_weights_are_restored_bit_for_bit_into_the_same_modules():
     model = tiny_model(seed=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     linears = dense_linears(model)
+    weights = [m.weight for m in linears]
     with packed_for_cpu(model):
         pass
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert [k for k in before if not torch.equal(after[k], before[k])] == []
-    assert dense_linears(model) == linears  # the very objects: hooks and LoRA bookkeeping stay valid
+    assert dense_linears(model) == linears  # the same module objects
+    assert all(m.weight is w for m, w in zip(linears, weights))  # and Parameters, which optimisers or hosts may hold
     assert all(not p.requires_grad and p.layout == torch.strided for p in model.parameters())
+
+
+@needs_packing
+def test_an_input_in_another_dtype_is_refused_with_both_dtypes_named():
+    layer = PackedLinear(torch.randn(8, 4), None)
+    with pytest.raises(TypeError, match=r"^packed Linear holds torch.float32 weights but got a torch.float64 input$"):
+        layer(torch.randn(2, 4, dtype=torch.float64))
 
 
 @needs_packing
@@ -99,7 +108,7 @@ def test_only_the_packed_copy_exists_while_packed():
     originals = dense_linears(model)
     with packed_for_cpu(model):
         assert dense_linears(model) == []
-        assert all(m.weight is None for m in originals)  # the dense storage is released
+        assert all(m.weight.numel() == 0 for m in originals)  # the dense storage is released
         packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
         assert sum(m.weight.numel() for m in packed) == sum(m.out_features * m.in_features for m in originals)
 

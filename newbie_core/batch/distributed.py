@@ -135,5 +135,8 @@ class Group:
         if self.active:
             import torch.distributed as dist
 
+            # Tear down only once every rank is here: a rank that destroys gloo while its peer is still
+            # finishing the last all-reduce leaves that peer's transport thread joinable at exit (SIGABRT).
+            dist.barrier()
             dist.destroy_process_group()
             self.active = False

@@ -52,6 +52,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:  # oneDNN's own message for this names no dtype
+            raise TypeError(f"packed Linear holds {self.weight.dtype} weights but got a {x.dtype} input")
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
     def dense_weight(self) -> torch.Tensor:
@@ -83,8 +85,8 @@ def _eligible(model: nn.Module) -> bool:
 def packed_for_cpu(model: nn.Module):
     """Within the block, ``model``'s CPU Linear layers run from packed weights; yields how many were packed.
 
-    The original ``nn.Linear`` objects are put back on exit, with their weights restored exactly,
-    also when the block raises.
+    The original ``nn.Linear`` objects and their weight Parameters are put back on exit, with the
+    values restored exactly, also when the block raises.
     """
     swapped: list[tuple[nn.Module, str, nn.Linear, PackedLinear]] = []
     try:
@@ -93,13 +95,13 @@ def packed_for_cpu(model: nn.Module):
                 for name, child in list(parent.named_children()):
                     if _packable(child):
                         packed = PackedLinear(child.weight, child.bias)
-                        child.weight = None  # the packed copy is now the only one
-                        swapped.append((parent, name, child, packed))
+                        swapped.append((parent, name, child, packed))  # recorded first: an interrupt still restores
                         setattr(parent, name, packed)
+                        child.weight.data = child.weight.data.new_empty(0)  # the packed copy is now the only one
         yield len(swapped)
     finally:
         while swapped:  # one layer at a time, dropping each packed copy before the next is unpacked
             parent, name, original, packed = swapped.pop()
-            original.weight = nn.Parameter(packed.dense_weight(), requires_grad=False)
+            original.weight.data = packed.dense_weight()  # the same Parameter object, so references to it stay valid
             setattr(parent, name, original)
             del packed
